@@ -1,0 +1,1 @@
+"""Evaluation of pretrained backbones: linear probe, k-NN, segmentation."""

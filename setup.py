@@ -1,0 +1,54 @@
+"""Installs detcon_jax, a JAX/Flax port of DeepMind's DetCon."""
+
+import setuptools
+
+# Pinned to a set that was installed and imported together on Python 3.11
+# (CPU). Accelerator users install jax[tpu] / jax[cuda12] of the same version on
+# top (see README).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "dm-haiku==0.0.17",
+    "chex==0.1.92",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-cpu==2.21.0",
+    "tensorboard==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "scikit-image==0.26.0",
+    "dm-pix==0.4.5",
+    "clu==0.0.12",
+    "numpy==2.4.6",
+    "absl-py>=2.1",
+    "matplotlib>=3.8",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+    # Documented accelerator installs; see README "Installation on accelerators".
+    "tpu": ["jax[tpu]==0.10.2"],
+    "cuda12": ["jax[cuda12]==0.10.2"],
+}
+
+setuptools.setup(
+    name="detcon_jax",
+    version="0.1.0",
+    description=(
+        "DetCon (Efficient Visual Pretraining with Contrastive Detection) in "
+        "JAX/Flax, faithful to the official implementation."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.14",
+    packages=setuptools.find_packages(include=["detcon_jax", "detcon_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
