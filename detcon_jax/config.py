@@ -1,0 +1,294 @@
+"""Validation of experiment configs: the schema every ``experiments/*.py`` follows.
+
+A config is checked before anything is written: unknown or missing keys, wrong types,
+impossible values and inconsistent combinations raise `ConfigError` with one line that
+names the offending key; ``train.py`` turns that into exit code 2.
+
+Schema (``get_config()`` of an experiment file returns a ``ConfigDict`` with exactly these
+keys; ``None`` is allowed only where marked optional):
+
+- ``method``: ``'detcon_b' | 'detcon_s' | 'byol' | 'simclr'``; ``seed``: int.
+- ``model``: ``depth`` (18, 34, 50, 101, 152, 200), ``width_multiplier``, ``mlp_hidden_size``,
+  ``projection_size``, ``bn_decay``, ``bn_epsilon``, ``dtype`` (``'float32' | 'bfloat16'``),
+  ``num_classes`` (online linear classifier on stop-gradient features; 0 = none).
+- ``masks``: ``source`` (``'fh' | 'gt' | 'grid' | 'none'``), ``num_samples`` (mask ids per
+  view), ``max_mask_id`` (<= 256: ids are uint8), ``grid_size``, ``fh_index``.
+- ``loss``: ``temperature``.
+- ``optim``: ``base_learning_rate`` (scaled by batch/256), ``weight_decay``, ``momentum``,
+  ``trust_coefficient``, ``base_ema``, ``warmup_epochs`` (optional; default
+  ``num_epochs // 100`` as the official code).
+- ``data``: ``source``, ``path``, ``split``, ``image_size`` (multiple of 32),
+  ``num_examples`` (optional override of the data-set size), ``shuffle_buffer``.
+- ``augment``: ``view1``, ``view2`` (optional dicts; ``None`` = the official settings).
+- ``batch_size`` (GLOBAL, over all hosts), ``num_epochs``, ``num_steps`` (optional override
+  of the derived total), ``mesh`` (axis name -> size, -1 = the remaining devices),
+  ``checkpoint`` (``every_steps``, ``keep``), ``log_every_steps``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "METHODS",
+    "MASK_SOURCES",
+    "model_signature",
+    "resolve_mesh_shape",
+    "uses_target_network",
+    "validate",
+    "validate_runtime",
+]
+
+METHODS = ("detcon_b", "detcon_s", "byol", "simclr")
+MASK_SOURCES = ("fh", "gt", "grid", "none")
+DEPTHS = (18, 34, 50, 101, 152, 200)
+DTYPES = ("float32", "bfloat16")
+# Sources that cannot work without a data directory.
+SOURCES_NEEDING_PATH = ("imagenet_fh", "folder")
+DATA_SOURCES = ("imagenet_fh", "tfds", "folder", "skimage", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A config or flag is invalid; the message is one line naming the key or path."""
+
+
+class _Optional:
+    """Marks a schema entry whose value may be ``None``."""
+
+    def __init__(self, kind: Any):
+        self.kind = kind
+
+
+class _AxisSizes:
+    """Marks a mapping from free-form names to ints (the mesh)."""
+
+
+_SCHEMA: dict[str, Any] = {
+    "method": str,
+    "seed": int,
+    "model": {
+        "depth": int,
+        "width_multiplier": int,
+        "mlp_hidden_size": int,
+        "projection_size": int,
+        "bn_decay": float,
+        "bn_epsilon": float,
+        "dtype": str,
+        "num_classes": int,
+    },
+    "masks": {
+        "source": str,
+        "num_samples": int,
+        "max_mask_id": int,
+        "grid_size": int,
+        "fh_index": int,
+    },
+    "loss": {"temperature": float},
+    "optim": {
+        "base_learning_rate": float,
+        "weight_decay": float,
+        "momentum": float,
+        "trust_coefficient": float,
+        "base_ema": float,
+        "warmup_epochs": _Optional(int),
+    },
+    "data": {
+        "source": str,
+        "path": str,
+        "split": str,
+        "image_size": int,
+        "num_examples": _Optional(int),
+        "shuffle_buffer": int,
+    },
+    "augment": {"view1": _Optional(dict), "view2": _Optional(dict)},
+    "batch_size": int,
+    "num_epochs": int,
+    "num_steps": _Optional(int),
+    "mesh": _AxisSizes(),
+    "checkpoint": {"every_steps": int, "keep": int},
+    "log_every_steps": int,
+}
+
+
+def _as_dict(value: Any) -> Mapping[str, Any] | None:
+    """A ConfigDict/dict as a plain mapping (without resolving into dicts), else None."""
+    if isinstance(value, Mapping):
+        return value
+    if hasattr(value, "keys") and hasattr(value, "__getitem__"):
+        return {k: value[k] for k in value.keys()}
+    return None
+
+
+def _type_ok(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is dict:
+        return _as_dict(value) is not None
+    return isinstance(value, kind)
+
+
+def _check_schema(config: Any, schema: Mapping[str, Any], prefix: str) -> None:
+    fields = _as_dict(config)
+    if fields is None:
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}' must be a dict")
+    for key in fields:
+        if key not in schema:
+            raise ConfigError(f"unknown config key '{prefix}{key}'")
+    for key, kind in schema.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"missing config key '{name}'")
+        value = fields[key]
+        if isinstance(kind, dict):
+            _check_schema(value, kind, name + ".")
+        elif isinstance(kind, _AxisSizes):
+            sizes = _as_dict(value)
+            if sizes is None or not sizes:
+                raise ConfigError(f"config key '{name}' must be a non-empty dict axis -> size")
+            for axis, size in sizes.items():
+                if not _type_ok(size, int) or (size < 1 and size != -1):
+                    raise ConfigError(
+                        f"config key '{name}.{axis}' must be a positive int or -1, got {size!r}")
+        elif isinstance(kind, _Optional):
+            if value is not None and not _type_ok(value, kind.kind):
+                raise ConfigError(
+                    f"config key '{name}' must be {kind.kind.__name__} or None, "
+                    f"got {type(value).__name__} {value!r}")
+        elif not _type_ok(value, kind):
+            raise ConfigError(
+                f"config key '{name}' must be {kind.__name__}, "
+                f"got {type(value).__name__} {value!r}")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+def validate(config: Any) -> None:
+    """Checks everything that does not depend on the devices; raises `ConfigError`.
+
+    Includes existence of the data directory for sources that read files.
+    """
+    _check_schema(config, _SCHEMA, "")
+    _require(config.method in METHODS, "method", f"must be one of {METHODS}, got {config.method!r}")
+    m = config.model
+    _require(m.depth in DEPTHS, "model.depth", f"must be one of {DEPTHS}, got {m.depth}")
+    for key in ("width_multiplier", "mlp_hidden_size", "projection_size"):
+        _require(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
+    _require(0 <= m.bn_decay < 1, "model.bn_decay", f"must be in [0, 1), got {m.bn_decay}")
+    _require(m.bn_epsilon > 0, "model.bn_epsilon", f"must be > 0, got {m.bn_epsilon}")
+    _require(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
+    _require(m.num_classes >= 0, "model.num_classes", f"must be >= 0, got {m.num_classes}")
+
+    k = config.masks
+    _require(k.source in MASK_SOURCES, "masks.source",
+             f"must be one of {MASK_SOURCES}, got {k.source!r}")
+    if config.method in ("detcon_b", "detcon_s"):
+        _require(k.source != "none", "masks.source",
+                 f"must be 'fh', 'gt' or 'grid' for method {config.method!r}")
+    else:
+        _require(k.source == "none", "masks.source",
+                 f"must be 'none' for method {config.method!r} (one whole-image mask)")
+    _require(k.num_samples >= 1, "masks.num_samples", f"must be >= 1, got {k.num_samples}")
+    _require(1 <= k.max_mask_id <= 256, "masks.max_mask_id",
+             f"must be in [1, 256] (mask ids are uint8), got {k.max_mask_id}")
+    _require(k.grid_size >= 1, "masks.grid_size", f"must be >= 1, got {k.grid_size}")
+    if k.source == "grid":
+        _require(k.grid_size**2 <= k.max_mask_id, "masks.grid_size",
+                 f"gives {k.grid_size**2} cells, more than masks.max_mask_id={k.max_mask_id}")
+    _require(k.fh_index >= 0, "masks.fh_index", f"must be >= 0, got {k.fh_index}")
+
+    _require(config.loss.temperature > 0, "loss.temperature", "must be > 0")
+    o = config.optim
+    _require(o.base_learning_rate >= 0, "optim.base_learning_rate", "must be >= 0")
+    _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _require(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
+    _require(o.trust_coefficient > 0, "optim.trust_coefficient", "must be > 0")
+    _require(0 <= o.base_ema <= 1, "optim.base_ema", "must be in [0, 1]")
+    if o.warmup_epochs is not None:
+        _require(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+
+    d = config.data
+    _require(d.source in DATA_SOURCES, "data.source",
+             f"must be one of {DATA_SOURCES}, got {d.source!r}")
+    _require(d.image_size >= 32 and d.image_size % 32 == 0, "data.image_size",
+             f"must be a positive multiple of 32 (the encoder stride), got {d.image_size}")
+    if d.num_examples is not None:
+        _require(d.num_examples >= 1, "data.num_examples", "must be >= 1")
+    _require(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+    if d.source in SOURCES_NEEDING_PATH:
+        _require(bool(d.path), "data.path", f"must be set for data.source={d.source!r}")
+    if d.path and not os.path.isdir(os.path.expanduser(d.path)):
+        raise ConfigError(f"config key 'data.path': directory not found: {d.path}")
+
+    _require(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
+    _require(config.num_epochs >= 1, "num_epochs", f"must be >= 1, got {config.num_epochs}")
+    if config.num_steps is not None:
+        _require(config.num_steps >= 1, "num_steps", f"must be >= 1, got {config.num_steps}")
+    _require(config.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
+    _require(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    _require(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+    sizes = list(_as_dict(config.mesh).values())
+    _require(sizes.count(-1) <= 1, "mesh", "may have at most one axis of size -1")
+
+
+def resolve_mesh_shape(mesh: Any, device_count: int) -> dict[str, int]:
+    """Axis name -> size with the single ``-1`` axis filled in; raises `ConfigError`."""
+    sizes = dict(_as_dict(mesh))
+    known = math.prod(s for s in sizes.values() if s != -1)
+    for axis, size in sizes.items():
+        if size == -1:
+            if device_count % known:
+                raise ConfigError(
+                    f"config key 'mesh.{axis}': {device_count} devices are not divisible by "
+                    f"the other axes' product {known}")
+            sizes[axis] = device_count // known
+    if math.prod(sizes.values()) != device_count:
+        raise ConfigError(
+            f"config key 'mesh': axis sizes {sizes} do not multiply to the {device_count} "
+            "devices")
+    return sizes
+
+
+def validate_runtime(config: Any, *, device_count: int, process_count: int) -> None:
+    """Checks that need the device topology (after ``jax.distributed.initialize``)."""
+    sizes = resolve_mesh_shape(config.mesh, device_count)
+    data_size = sizes.get("data", 1)
+    if config.batch_size % device_count or config.batch_size % data_size:
+        raise ConfigError(
+            f"config key 'batch_size': {config.batch_size} is not divisible by the "
+            f"{device_count} devices")
+    if config.batch_size % process_count:
+        raise ConfigError(
+            f"config key 'batch_size': {config.batch_size} is not divisible by the "
+            f"{process_count} processes")
+
+
+def uses_target_network(method: str) -> bool:
+    """True for the BYOL-style methods (online + EMA target), False for SimCLR-style ones."""
+    return method in ("detcon_b", "byol")
+
+
+def model_signature(config: Any) -> dict[str, Any]:
+    """The config entries that fix the shapes of the trained state (stored with checkpoints).
+
+    A workdir whose checkpoint has another signature belongs to another model.
+    """
+    m = config.model
+    return {
+        "method": str(config.method),
+        "model": {
+            "depth": int(m.depth),
+            "width_multiplier": int(m.width_multiplier),
+            "mlp_hidden_size": int(m.mlp_hidden_size),
+            "projection_size": int(m.projection_size),
+            "num_classes": int(m.num_classes),
+        },
+    }
