@@ -1,0 +1,972 @@
+"""tf.data input pipeline: image sources with segmentation masks -> augmented views -> host batches.
+
+Geometry (crop window, flip, resize) is applied identically to an image and its mask, following
+the official DetCon pre-processing (``utils/tf_image_ops.py`` there): one random crop window with
+area in [0.08, 1] of the image and log aspect ratio in [log 3/4, log 4/3], drawn once and clipped
+to the image (no retries), a left-right flip with probability 1/2, bicubic resize of the image
+clipped to [0, 1] and nearest-neighbour resize of the mask. Photometric augmentations run on
+device (``detcon_jax.augment``), not here.
+
+Sources (``make_pretrain_dataset(source=...)``):
+
+* ``imagenet_fh``: TFRecords in the official layout (``image/encoded``, ``image/class/label``
+  1-based, ``image/felzenszwalb_segmentations`` = raw uint8 bytes of the ``[K, H, W]`` stack of
+  K Felzenszwalb settings), shards ``{split}-*-of-*``; written by ``detcon_jax.fh_masks``.
+* ``tfds``: a TFDS data set prepared in a local data dir (never downloaded); masks from
+  ``panoptic_image`` (coco/2017_panoptic), per-instance masks (merged to one id map) or a
+  VOC-style segmentation image feature.
+* ``folder``: ``DIR/images/*.jpg|png`` with optional ``DIR/labels/NAME.png`` id maps.
+* ``skimage``: the colour photos bundled in scikit-image's package data directory.
+* ``synthetic``: generated images of coloured rectangles and ellipses with their id map.
+
+Mask kinds (``mask_source``): ``fh`` (from the records, or Felzenszwalb computed on the fly),
+``gt`` (ground-truth id maps), ``grid`` (an n x n grid laid over the original image before
+cropping, so that ids correspond across views) and ``none`` (all-zero masks, for BYOL/SimCLR;
+the batch structure stays the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+SOURCES = ("imagenet_fh", "tfds", "folder", "skimage", "synthetic")
+MASK_SOURCES = ("fh", "gt", "grid", "none")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+# Colour photographs shipped inside scikit-image's package data directory (grey-scale,
+# synthetic and RGBA pictures left out).
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+)
+
+_FH_FEATURE = "image/felzenszwalb_segmentations"
+
+
+# ---------------------------------------------------------------------------------------------
+# Skipped-image accounting.
+
+
+@dataclasses.dataclass
+class PipelineStats:
+    """Counts images skipped because they are corrupt or truncated (thread-safe).
+
+    The pipeline calls ``record_skipped`` from inside tf.data (through ``tf.py_function``, only
+    on the rare bad path) so the count is exact for everything that has been consumed.
+    """
+
+    skipped: int = 0
+    skipped_names: list[str] = dataclasses.field(default_factory=list)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def record_skipped(self, name: bytes | str) -> None:
+        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        with self._lock:
+            self.skipped += 1
+            if name not in self.skipped_names:
+                self.skipped_names.append(name)
+                logging.warning("Skipping corrupt or truncated image: %s", name)
+
+
+STATS = PipelineStats()
+
+
+def num_skipped(stats: PipelineStats | None = None) -> int:
+    """Number of corrupt/truncated images skipped so far (module-wide stats by default)."""
+    return (stats or STATS).skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding and geometry (usable eagerly and inside tf.data).
+
+
+def _is_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
+    # Any JPEG (JFIF, EXIF, raw) starts with SOI + a marker; the official check only accepts
+    # JFIF and so decodes EXIF JPEGs fully to get their shape.
+    return tf.equal(tf.strings.substr(image_bytes, 0, 3), b"\xff\xd8\xff")
+
+
+def decode_image(image: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG bytes (or an already decoded uint8 image) -> uint8 ``[H, W, 3]``."""
+    image = tf.convert_to_tensor(image)
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    elif image.dtype != tf.uint8:
+        raise TypeError(f"image must be encoded bytes or uint8, got {image.dtype}")
+    elif image.shape.rank == 2 or image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(tf.reshape(image, tf.concat([tf.shape(image)[:2], [1]],
+                                                                      0)))
+    image.set_shape([None, None, 3])
+    return image
+
+
+def image_shape(image: tf.Tensor) -> tf.Tensor:
+    """int32 ``[H, W]`` of encoded bytes (JPEG header only) or of a decoded image."""
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.string:
+        return tf.shape(image)[:2]
+    return tf.cond(
+        _is_jpeg(image),
+        lambda: tf.image.extract_jpeg_shape(image)[:2],
+        lambda: tf.shape(tf.io.decode_image(image, channels=3, expand_animations=False))[:2])
+
+
+def _uniform(shape, minval, maxval, dtype, seed):
+    if seed is None:
+        return tf.random.uniform(shape, minval, maxval, dtype=dtype)
+    return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=dtype)
+
+
+def random_crop_window(shape: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """Random ``[offset_h, offset_w, h, w]`` as the official code: one draw, clipped, no retry.
+
+    Args:
+      shape: int32 ``[H, W]`` of the full image.
+      seed: optional ``[2]`` int seed for stateless sampling; stateful ops when None.
+    """
+    seeds = [None] * 4 if seed is None else tf.unstack(tf.random.split(seed, 4))
+    height, width = shape[0], shape[1]
+    area = tf.cast(height * width, tf.float32)
+    target_area = _uniform([], 0.08, 1.0, tf.float32, seeds[0]) * area
+    log_ratio = (float(np.log(3 / 4)), float(np.log(4 / 3)))
+    aspect_ratio = tf.exp(_uniform([], log_ratio[0], log_ratio[1], tf.float32, seeds[1]))
+    w = tf.cast(tf.round(tf.sqrt(target_area * aspect_ratio)), tf.int32)
+    h = tf.cast(tf.round(tf.sqrt(target_area / aspect_ratio)), tf.int32)
+    w = tf.minimum(w, width)
+    h = tf.minimum(h, height)
+    offset_w = _uniform([], 0, width - w + 1, tf.int32, seeds[2])
+    offset_h = _uniform([], 0, height - h + 1, tf.int32, seeds[3])
+    return tf.stack([offset_h, offset_w, h, w])
+
+
+def center_crop_window(shape: tf.Tensor, image_size: int, crop_padding: int = 32) -> tf.Tensor:
+    """Official centre crop: a square of ``S / (S + crop_padding) * min(H, W)``, centred."""
+    height, width = shape[0], shape[1]
+    size = tf.cast(
+        image_size / (image_size + crop_padding) * tf.cast(tf.minimum(height, width), tf.float32),
+        tf.int32)
+    return tf.stack([(height - size + 1) // 2, (width - size + 1) // 2, size, size])
+
+
+def grid_mask(shape: tf.Tensor, grid_size: int) -> tf.Tensor:
+    """uint8 ``[H, W, 1]``: ``grid_size`` x ``grid_size`` cells with row-major ids."""
+    height, width = shape[0], shape[1]
+    rows = tf.range(height) * grid_size // height
+    cols = tf.range(width) * grid_size // width
+    ids = rows[:, None] * grid_size + cols[None, :]
+    return tf.cast(ids, tf.uint8)[..., None]
+
+
+def _crop(x: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+    return x[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+
+
+def _resize_view(image, mask, window, flip, image_size):
+    image = _crop(image, window)
+    mask = _crop(mask, window)
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+    image = tf.image.resize(image, [image_size, image_size], tf.image.ResizeMethod.BICUBIC)
+    # Bicubic overshoots outside [0, 255].
+    image = tf.clip_by_value(image / 255.0, 0.0, 1.0)
+    mask = tf.image.resize(mask, [image_size, image_size],
+                           tf.image.ResizeMethod.NEAREST_NEIGHBOR)
+    image.set_shape([image_size, image_size, 3])
+    mask.set_shape([image_size, image_size, 1])
+    return image, mask
+
+
+def _prepare_mask(mask: tf.Tensor | None, shape: tf.Tensor, name: tf.Tensor | str) -> tf.Tensor:
+    """Mask -> uint8 ``[H, W, 1]`` checked against the image shape (zeros when None)."""
+    if mask is None:
+        return tf.zeros(tf.concat([shape, [1]], 0), tf.uint8)
+    mask = tf.convert_to_tensor(mask)
+    if mask.shape.rank == 2:
+        mask = mask[..., None]
+    mask = tf.cast(mask[..., :1], tf.uint8)  # integer ids wrap modulo 256, as the official uint8
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(tf.shape(mask)[:2], shape)),
+        ["Mask size differs from its image in record", name, "mask", tf.shape(mask)[:2],
+         "image", shape])
+    with tf.control_dependencies([check]):
+        return tf.identity(mask)
+
+
+def two_views(
+    image_bytes: tf.Tensor,
+    mask: tf.Tensor | None,
+    *,
+    image_size: int = 224,
+    seed: tf.Tensor | None = None,
+    random_flip: bool = True,
+    name: tf.Tensor | str = "<unnamed>",
+) -> dict[str, tf.Tensor]:
+    """Two independently cropped and flipped views of one image with their masks.
+
+    Args:
+      image_bytes: encoded JPEG/PNG bytes, or an already decoded uint8 ``[H, W, 3]`` image.
+      mask: integer id map ``[H, W]`` or ``[H, W, 1]`` of the full image, or None (zeros).
+      image_size: output side S.
+      seed: optional ``[2]`` int seed for stateless (reproducible) sampling; stateful when None.
+      random_flip: left-right flip each view with probability 1/2.
+      name: record name used in error messages.
+
+    Returns:
+      ``view1``, ``view2`` float32 ``[S, S, 3]`` in [0, 1]; ``mask1``, ``mask2`` uint8
+      ``[S, S, 1]``.
+    """
+    image = decode_image(image_bytes)
+    shape = tf.shape(image)[:2]
+    mask = _prepare_mask(mask, shape, name)
+    view_seeds = [None, None] if seed is None else tf.unstack(tf.random.split(seed, 2))
+    out = {}
+    for i, view_seed in enumerate(view_seeds, start=1):
+        crop_seed, flip_seed = (None, None) if view_seed is None else tf.unstack(
+            tf.random.split(view_seed, 2))
+        window = random_crop_window(shape, crop_seed)
+        flip = tf.constant(False)
+        if random_flip:
+            flip = tf.less(_uniform([], 0.0, 1.0, tf.float32, flip_seed), 0.5)
+        out[f"view{i}"], out[f"mask{i}"] = _resize_view(image, mask, window, flip, image_size)
+    return out
+
+
+def one_view(
+    image_bytes: tf.Tensor,
+    mask: tf.Tensor | None = None,
+    *,
+    image_size: int = 224,
+    crop: str = "center",
+    crop_padding: int = 32,
+    seed: tf.Tensor | None = None,
+    name: tf.Tensor | str = "<unnamed>",
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One view for evaluation: ``crop`` is ``center`` (official eval crop), ``random``
+    (random crop + flip, linear-eval training) or ``resize`` (whole image squashed to S x S).
+
+    Returns float32 ``[S, S, 3]`` image in [0, 1] and uint8 ``[S, S, 1]`` mask.
+    """
+    image = decode_image(image_bytes)
+    shape = tf.shape(image)[:2]
+    mask = _prepare_mask(mask, shape, name)
+    flip = tf.constant(False)
+    if crop == "center":
+        window = center_crop_window(shape, image_size, crop_padding)
+    elif crop == "resize":
+        window = tf.stack([0, 0, shape[0], shape[1]])
+    elif crop == "random":
+        crop_seed, flip_seed = (None, None) if seed is None else tf.unstack(
+            tf.random.split(seed, 2))
+        window = random_crop_window(shape, crop_seed)
+        flip = tf.less(_uniform([], 0.0, 1.0, tf.float32, flip_seed), 0.5)
+    else:
+        raise ValueError(f"crop must be center, random or resize, got {crop!r}")
+    return _resize_view(image, mask, window, flip, image_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of encoded images (corrupt / truncated files are skipped and counted).
+
+
+def _has_marker(tail: tf.Tensor, marker: bytes) -> tf.Tensor:
+    data = tf.io.decode_raw(tail, tf.uint8)
+    n = len(marker)
+    length = tf.shape(data)[0]
+    hits = tf.ones([tf.maximum(length - n + 1, 0)], tf.bool)
+    for i, byte in enumerate(marker):
+        hits = hits & tf.equal(data[i:length - n + 1 + i], byte)
+    return tf.reduce_any(hits)
+
+
+def is_valid_encoded_image(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Cheap structural check: JPEG needs SOI ... EOI, PNG its signature ... IEND.
+
+    Truncation (the common corruption) removes the end marker. Non-image bytes fail the
+    signature check. Checking the framing costs microseconds, unlike a second full decode.
+    """
+    size = tf.strings.length(image_bytes)
+    tail = tf.strings.substr(image_bytes, tf.maximum(size - 64, 0), 64)
+    is_png = tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n")
+    return tf.cond(
+        _is_jpeg(image_bytes), lambda: _has_marker(tail, b"\xff\xd9"),
+        lambda: tf.logical_and(is_png, _has_marker(tail, b"IEND")))
+
+
+def _filter_valid(ds: tf.data.Dataset, stats: PipelineStats) -> tf.data.Dataset:
+    """Drops examples whose encoded image fails validation, counting them in ``stats``."""
+
+    def check(ex):
+        image = ex["image"]
+        if image.dtype != tf.string:
+            return tf.constant(True)
+        ok = is_valid_encoded_image(image)
+
+        def report():
+            tf.py_function(stats.record_skipped, [ex["name"]], [])
+            return tf.constant(False)
+
+        return tf.cond(ok, lambda: tf.constant(True), report)
+
+    return ds.filter(check)
+
+
+# ---------------------------------------------------------------------------------------------
+# Felzenszwalb on the fly.
+
+
+def felzenszwalb_numpy(image: np.ndarray, scale: float = 1000, min_size: int = 1000) -> np.ndarray:
+    """skimage Felzenszwalb segmentation as uint8 ids (wrapping at 256, as official)."""
+    import skimage.segmentation
+
+    seg = skimage.segmentation.felzenszwalb(image, scale=scale, min_size=int(min_size))
+    return seg.astype(np.uint8)
+
+
+def felzenszwalb_tf(image: tf.Tensor, scale: float = 1000, min_size: int = 1000) -> tf.Tensor:
+    """uint8 ``[H, W, 1]`` Felzenszwalb ids of a decoded uint8 image via ``tf.numpy_function``."""
+    seg = tf.numpy_function(
+        lambda x: felzenszwalb_numpy(x, scale, min_size), [image], tf.uint8, stateful=False)
+    seg = tf.reshape(seg, tf.concat([tf.shape(image)[:2], [1]], 0))
+    return seg
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources. Each yields dicts: image (string bytes or uint8 [H, W, 3]), mask (uint8 [H, W, 1] or
+# an empty [0, 0, 1] placeholder when the source has none), label int32, name string.
+
+
+def _example(image, mask=None, label=-1, name=""):
+    if mask is None:
+        mask = tf.zeros([0, 0, 1], tf.uint8)
+    return {"image": image, "mask": mask, "label": tf.cast(label, tf.int32),
+            "name": tf.convert_to_tensor(name, tf.string)}
+
+
+def _shard_list(items: Sequence[Any], process_index: int, process_count: int, what: str) -> list:
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+    shard = list(items)[process_index::process_count]
+    if not shard:
+        raise ValueError(
+            f"{what}: {len(items)} item(s) cannot be split over {process_count} processes "
+            f"(process {process_index} would get none)")
+    return shard
+
+
+def parse_fh_record(record: tf.Tensor, name: tf.Tensor | str = "<record>",
+                    fh_index: int = 0) -> dict[str, tf.Tensor]:
+    """Parses one official ImageNet-FH ``tf.train.Example``.
+
+    Returns ``image`` (encoded bytes), ``mask`` uint8 ``[H, W, 1]`` (FH setting ``fh_index`` of
+    the stored ``[K, H, W]`` stack; an empty ``[0, 0, 1]`` tensor when the record has none),
+    ``label`` int32 (0-based: the stored label is 1-based) and ``name``.
+    """
+    features = {
+        "image/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
+        "image/class/label": tf.io.FixedLenFeature((), tf.int64, default_value=0),
+        "image/filename": tf.io.FixedLenFeature((), tf.string, default_value=""),
+        _FH_FEATURE: tf.io.VarLenFeature(tf.string),
+    }
+    parsed = tf.io.parse_single_example(record, features)
+    name = tf.strings.join([name, parsed["image/filename"]], separator=" ")
+    image = parsed["image/encoded"]
+    fh = tf.sparse.to_dense(parsed[_FH_FEATURE], default_value="")
+    fh = tf.io.decode_raw(tf.strings.reduce_join(fh), tf.uint8)
+
+    def reshape():
+        shape = image_shape(image)
+        plane = shape[0] * shape[1]
+        size = tf.shape(fh)[0]
+        check = tf.debugging.Assert(
+            tf.logical_and(size % plane == 0, size // plane > fh_index),
+            ["Felzenszwalb mask size differs from its image in record", name, "mask bytes",
+             size, "image", shape])
+        with tf.control_dependencies([check]):
+            stack = tf.reshape(fh, tf.concat([[size // plane], shape], 0))
+        return stack[fh_index][..., None]
+
+    mask = tf.cond(tf.size(fh) > 0, reshape, lambda: tf.zeros([0, 0, 1], tf.uint8))
+    mask.set_shape([None, None, 1])
+    return _example(image, mask, parsed["image/class/label"] - 1, name)
+
+
+def _tfrecord_source(data_dir, split, process_index, process_count, shuffle_files, seed,
+                     fh_index):
+    pattern = os.path.join(str(data_dir), f"{split}-*-of-*")
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"imagenet_fh: no TFRecord shards match {pattern}")
+    files = _shard_list(files, process_index, process_count, f"imagenet_fh shards {pattern}")
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    def read(path):
+        records = tf.data.TFRecordDataset(path).enumerate()
+        return records.map(lambda i, r: (r, tf.strings.join(
+            [path, tf.strings.as_string(i)], separator=":")))
+
+    ds = ds.interleave(read, cycle_length=min(len(files), 16), block_length=1,
+                       num_parallel_calls=AUTOTUNE)
+    return ds.map(lambda r, n: parse_fh_record(r, n, fh_index), num_parallel_calls=AUTOTUNE)
+
+
+def _list_images(directory: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _folder_source(data_dir, mask_source, process_index, process_count):
+    root = pathlib.Path(data_dir)
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"folder source: {image_dir} does not exist")
+    images = _list_images(image_dir)
+    if not images:
+        raise FileNotFoundError(f"folder source: no .jpg/.png images in {image_dir}")
+    labels = []
+    if mask_source == "gt":
+        for path in images:
+            label = root / "labels" / (path.stem + ".png")
+            if not label.is_file():
+                raise FileNotFoundError(f"folder source: mask_source='gt' but {label} is missing")
+            labels.append(str(label))
+    labels = labels or [""] * len(images)
+    pairs = _shard_list(list(zip(map(str, images), labels, strict=True)), process_index,
+                        process_count,
+                        f"folder {image_dir}")
+    paths, label_paths = zip(*pairs, strict=True)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths)))
+
+    def load(path, label_path):
+        mask = None
+        if mask_source == "gt":
+            mask = tf.io.decode_png(tf.io.read_file(label_path), channels=1)
+        return _example(tf.io.read_file(path), mask, -1, path)
+
+    return ds, load
+
+
+def _skimage_source(process_index, process_count):
+    import skimage
+
+    root = pathlib.Path(skimage.data_dir)
+    paths = [str(root / name) for name in SKIMAGE_PHOTOS if (root / name).is_file()]
+    if not paths:
+        raise FileNotFoundError(f"skimage source: none of {SKIMAGE_PHOTOS} found in {root}")
+    paths = _shard_list(paths, process_index, process_count, "skimage photos")
+    ds = tf.data.Dataset.from_tensor_slices(paths)
+    return ds, lambda path: _example(tf.io.read_file(path), None, -1, path)
+
+
+def synthetic_images(num_images: int, height: int = 128, width: int = 160, *, seed: int = 0,
+                     max_shapes: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Images of coloured rectangles/ellipses on a coloured background, with their id maps.
+
+    Returns uint8 images ``[N, H, W, 3]`` and uint8 id maps ``[N, H, W]`` (0 = background,
+    shape k drawn later overwrites earlier ones).
+    """
+    rng = np.random.default_rng(seed)
+    images = np.zeros([num_images, height, width, 3], np.uint8)
+    ids = np.zeros([num_images, height, width], np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    for n in range(num_images):
+        num_shapes = rng.integers(2, max_shapes + 1)
+        colours = rng.permutation(np.stack(np.meshgrid(*[np.linspace(20, 235, 4)] * 3), -1)
+                                  .reshape(-1, 3))[:num_shapes + 1].astype(np.uint8)
+        images[n] = colours[0]
+        for k in range(1, num_shapes + 1):
+            cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+            ry, rx = rng.uniform(0.1, 0.35) * height, rng.uniform(0.1, 0.35) * width
+            if rng.random() < 0.5:
+                inside = (np.abs(yy - cy) < ry) & (np.abs(xx - cx) < rx)
+            else:
+                inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+            images[n][inside] = colours[k]
+            ids[n][inside] = k
+    return images, ids
+
+
+def _synthetic_source(num_images, height, width, seed, process_index, process_count):
+    images, ids = synthetic_images(num_images, height, width, seed=seed)
+    index = _shard_list(range(num_images), process_index, process_count, "synthetic images")
+    names = [f"synthetic:{i}" for i in index]
+    ds = tf.data.Dataset.from_tensor_slices(
+        (images[index], ids[index][..., None], np.zeros(len(index), np.int32), names))
+    return ds, lambda image, mask, label, name: _example(image, mask, label, name)
+
+
+_TFDS_MASK_KEYS = ("segmentation_mask", "segmentation_label", "label_image", "annotation",
+                   "semantic_segmentation", "mask")
+
+
+def tfds_mask(example: dict[str, Any]) -> tf.Tensor | None:
+    """An id map uint8 ``[H, W, 1]`` from a TFDS example, or None when it has no masks.
+
+    ``panoptic_image`` (COCO panoptic: id = R + 256 G + 65536 B) is renumbered to consecutive
+    ids in order of appearance; stacked per-instance masks (``objects/segmentation`` or
+    ``objects/mask``, ``[N, H, W(, 1)]``) are merged with instance k -> id k + 1 (later instances
+    win overlaps, background 0); VOC-style segmentation images use their first channel.
+    """
+    if "panoptic_image" in example:
+        rgb = tf.cast(example["panoptic_image"], tf.int32)
+        flat = tf.reshape(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], [-1])
+        _, idx = tf.unique(flat)
+        return tf.cast(tf.reshape(idx, tf.shape(rgb)[:2]), tf.uint8)[..., None]
+    objects = example.get("objects", {})
+    for key in ("segmentation", "mask"):
+        if isinstance(objects, dict) and key in objects:
+            inst = tf.cast(objects[key], tf.int32)
+            if inst.shape.rank == 4:
+                inst = inst[..., 0]
+            count = tf.shape(inst)[0]
+            ids = tf.cast(inst > 0, tf.int32) * tf.reshape(tf.range(1, count + 1), [-1, 1, 1])
+            # A zero plane keeps the reduction defined for images without instances.
+            ids = tf.concat([tf.zeros_like(ids[:1]), ids], 0)
+            return tf.cast(tf.reduce_max(ids, axis=0), tf.uint8)[..., None]
+    for key in _TFDS_MASK_KEYS:
+        if key in example:
+            mask = tf.convert_to_tensor(example[key])
+            if mask.shape.rank == 2:
+                mask = mask[..., None]
+            return tf.cast(mask[..., :1], tf.uint8)
+    return None
+
+
+def _tfds_source(name, data_dir, split, mask_source, process_index, process_count, seed,
+                 shuffle_files):
+    import tensorflow_datasets as tfds
+
+    if not name:
+        raise ValueError("tfds source needs tfds_name (e.g. 'coco/2017_panoptic')")
+    splits = tfds.even_splits(split, n=process_count)
+    try:
+        ds = tfds.load(name, split=splits[process_index], data_dir=data_dir, download=False,
+                       shuffle_files=shuffle_files,
+                       read_config=tfds.ReadConfig(shuffle_seed=seed))
+    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+        raise FileNotFoundError(
+            f"tfds source: {name!r} split {split!r} is not prepared in data_dir={data_dir!r} "
+            f"(this pipeline never downloads; run tfds build there first): {e}") from None
+
+    def load(ex):
+        mask = tfds_mask(ex) if mask_source == "gt" else None
+        if mask_source == "gt" and mask is None:
+            raise ValueError(f"tfds source: {name} has no segmentation feature for mask 'gt'")
+        label = ex.get("label", tf.constant(-1))
+        label = label if label.shape.rank == 0 else tf.constant(-1)
+        filename = ex.get("image/filename", tf.constant(name))
+        return _example(ex["image"], mask, label, filename)
+
+    return ds, load
+
+
+# ---------------------------------------------------------------------------------------------
+# Public dataset builders.
+
+
+def source_dataset(
+    source: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    mask_source: str = "fh",
+    tfds_name: str | None = None,
+    grid_size: int = 4,
+    fh_scale: float = 1000,
+    fh_min_size: int = 1000,
+    fh_index: int = 0,
+    synthetic_num_images: int = 64,
+    synthetic_shape: tuple[int, int] = (128, 160),
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_files: bool = False,
+    seed: int = 0,
+    stats: PipelineStats | None = None,
+) -> tf.data.Dataset:
+    """Un-augmented examples of a source with their full-resolution masks materialised.
+
+    Elements: ``image`` (encoded bytes, or uint8 ``[H, W, 3]`` for tfds/synthetic), ``mask``
+    uint8 ``[H, W, 1]`` (zeros for ``mask_source='none'``), ``label`` int32 (-1 unknown),
+    ``name`` string. Corrupt or truncated encoded images are dropped and counted in ``stats``.
+    Arguments as in ``make_pretrain_dataset``.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if mask_source not in MASK_SOURCES:
+        raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {mask_source!r}")
+    if mask_source == "gt" and source in ("skimage", "imagenet_fh"):
+        raise ValueError(f"mask_source='gt': source {source!r} has no ground-truth masks")
+    stats = stats or STATS
+    fn: Callable[..., dict] | None = None
+    if source == "imagenet_fh":
+        if data_dir is None:
+            raise ValueError("imagenet_fh source needs data_dir")
+        ds = _tfrecord_source(data_dir, split, process_index, process_count, shuffle_files, seed,
+                              fh_index)
+    elif source == "folder":
+        if data_dir is None:
+            raise ValueError("folder source needs data_dir")
+        ds, fn = _folder_source(data_dir, mask_source, process_index, process_count)
+    elif source == "skimage":
+        ds, fn = _skimage_source(process_index, process_count)
+    elif source == "synthetic":
+        ds, fn = _synthetic_source(synthetic_num_images, *synthetic_shape, seed, process_index,
+                                   process_count)
+    else:
+        ds, fn = _tfds_source(tfds_name, data_dir, split, mask_source, process_index,
+                              process_count, seed, shuffle_files)
+    if fn is not None:
+        ds = ds.map(lambda *args: fn(*args), num_parallel_calls=AUTOTUNE)
+    ds = _filter_valid(ds, stats)
+    return ds.map(lambda ex: _materialise_mask(ex, source, mask_source, grid_size, fh_scale,
+                                               fh_min_size), num_parallel_calls=AUTOTUNE)
+
+
+def _materialise_mask(ex, source, mask_source, grid_size, fh_scale, fh_min_size):
+    ex = dict(ex)
+    if mask_source == "none":
+        ex["mask"] = tf.zeros(tf.concat([image_shape(ex["image"]), [1]], 0), tf.uint8)
+    elif mask_source == "grid":
+        ex["mask"] = grid_mask(image_shape(ex["image"]), grid_size)
+    elif mask_source == "fh" and source != "imagenet_fh":
+        image = decode_image(ex["image"])
+        ex["image"] = image  # decode once; two_views accepts decoded images
+        ex["mask"] = felzenszwalb_tf(image, fh_scale, fh_min_size)
+    elif mask_source == "fh":
+        check = tf.debugging.Assert(
+            tf.size(ex["mask"]) > 0,
+            ["Record has no image/felzenszwalb_segmentations:", ex["name"]])
+        with tf.control_dependencies([check]):
+            ex["mask"] = tf.identity(ex["mask"])
+    return ex
+
+
+def _options(deterministic: bool, threads: int | None) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.autotune.enabled = True
+    options.experimental_optimization.map_parallelization = True
+    options.experimental_optimization.parallel_batch = True
+    if threads:
+        options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def make_pretrain_dataset(
+    source: str,
+    *,
+    batch_size: int,
+    image_size: int = 224,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    mask_source: str = "fh",
+    tfds_name: str | None = None,
+    grid_size: int = 4,
+    fh_scale: float = 1000,
+    fh_min_size: int = 1000,
+    fh_index: int = 0,
+    synthetic_num_images: int = 64,
+    synthetic_shape: tuple[int, int] = (128, 160),
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+    shuffle_buffer: int | None = None,
+    repeat: bool = True,
+    cache: bool = False,
+    deterministic: bool = False,
+    seed: int | None = None,
+    prefetch: int = AUTOTUNE,
+    threads: int | None = None,
+    stats: PipelineStats | None = None,
+) -> tf.data.Dataset:
+    """Per-host batches of two augmented views with masks for DetCon pre-training.
+
+    Args:
+      source: one of ``SOURCES``.
+      batch_size: per-host batch size (``global_batch // process_count``); partial batches
+        are dropped so shapes are static.
+      image_size: output side S.
+      data_dir: shard directory (``imagenet_fh``), root with ``images/`` and ``labels/``
+        (``folder``), or TFDS data dir (``tfds``).
+      split: record prefix (``imagenet_fh``: ``train``, ``validation``) or TFDS split.
+      mask_source: ``fh``, ``gt``, ``grid`` or ``none`` (see module docstring).
+      tfds_name: TFDS name, e.g. ``coco/2017_panoptic`` (``tfds`` source only).
+      grid_size: cells per side for ``grid`` masks.
+      fh_scale, fh_min_size: Felzenszwalb parameters for masks computed on the fly.
+      fh_index: which stored Felzenszwalb setting to use when records hold several.
+      synthetic_num_images, synthetic_shape: size of the ``synthetic`` source.
+      process_index, process_count: this host's shard; files (or, for in-memory sources,
+        examples) are split round-robin across processes.
+      shuffle: shuffle files and examples (buffer ``shuffle_buffer``, default
+        ``10 * batch_size`` as the official code).
+      repeat: repeat forever (pre-training); False gives one pass.
+      cache: cache the (encoded) examples in memory after the first pass.
+      deterministic: fixed element order and, with ``seed``, reproducible augmentation; for
+        tests and evaluation.
+      seed: seed for shuffling and crops (crops use stateless ops keyed per element).
+      prefetch: batches to prefetch.
+      threads: private tf.data thread pool size (default: TF's).
+      stats: where skipped corrupt images are counted (default: module-wide ``STATS``).
+
+    Returns:
+      A dataset of dicts: ``view1``, ``view2`` float32 ``[b, S, S, 3]``; ``mask1``, ``mask2``
+      uint8 ``[b, S, S, 1]``; ``label`` int32 ``[b]`` (-1 when unknown).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    ds = source_dataset(
+        source, data_dir=data_dir, split=split, mask_source=mask_source, tfds_name=tfds_name,
+        grid_size=grid_size, fh_scale=fh_scale, fh_min_size=fh_min_size, fh_index=fh_index,
+        synthetic_num_images=synthetic_num_images, synthetic_shape=synthetic_shape,
+        process_index=process_index, process_count=process_count, shuffle_files=shuffle,
+        seed=seed or 0, stats=stats)
+    if cache:
+        ds = ds.cache()
+    if repeat:
+        ds = ds.repeat()
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer or 10 * batch_size, seed=seed,
+                        reshuffle_each_iteration=True)
+    # One stateless seed pair per element: reproducible given the element order.
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds))
+
+    def preprocess(ex, element_seed):
+        views = two_views(ex["image"], ex["mask"], image_size=image_size, seed=element_seed,
+                          name=ex["name"])
+        views["label"] = ex["label"]
+        return views
+
+    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=deterministic or None)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.prefetch(prefetch)
+    return ds.with_options(_options(deterministic, threads))
+
+
+def num_examples(
+    source: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    tfds_name: str | None = None,
+    synthetic_num_images: int = 64,
+) -> int:
+    """Number of examples in a source split (all hosts together), for deriving steps.
+
+    ``imagenet_fh`` counts records (fast for the official 1,281,167-image split thanks to the
+    known ImageNet size when the 2048/1024 shard names match; otherwise by reading the files).
+    """
+    if source == "imagenet_fh":
+        files = sorted(tf.io.gfile.glob(os.path.join(str(data_dir), f"{split}-*-of-*")))
+        if not files:
+            raise FileNotFoundError(f"imagenet_fh: no shards {split}-*-of-* in {data_dir}")
+        known = {("train", 2048): 1281167, ("train", 1024): 1281167,
+                 ("validation", 256): 50000, ("validation", 128): 50000}
+        total = int(files[0].rsplit("-of-", 1)[1])
+        if len(files) == total and (split, total) in known:
+            return known[(split, total)]
+        return int(sum(1 for f in files for _ in tf.data.TFRecordDataset(f)))
+    if source == "folder":
+        return len(_list_images(pathlib.Path(data_dir) / "images"))
+    if source == "skimage":
+        import skimage
+
+        return sum((pathlib.Path(skimage.data_dir) / n).is_file() for n in SKIMAGE_PHOTOS)
+    if source == "synthetic":
+        return synthetic_num_images
+    if source == "tfds":
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+        return builder.info.splits[split].num_examples
+    raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation data sets.
+
+
+def _class_folder_files(root: pathlib.Path) -> tuple[list[str], list[int], list[str]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"eval folder: no class sub-folders in {root}")
+    files, labels = [], []
+    for index, cls in enumerate(classes):
+        for path in _list_images(root / cls):
+            files.append(str(path))
+            labels.append(index)
+    if not files:
+        raise FileNotFoundError(f"eval folder: no images under {root}/CLASS/")
+    return files, labels, classes
+
+
+def _pad_batch(batch: dict[str, tf.Tensor], batch_size: int) -> dict[str, tf.Tensor]:
+    """Pads a partial batch to ``batch_size`` with zeros; ``valid`` marks real examples."""
+    n = tf.shape(batch["label"])[0]
+    out = {"valid": tf.pad(tf.ones([n], tf.bool), [[0, batch_size - n]])}
+    for key, value in batch.items():
+        pads = [[0, batch_size - n]] + [[0, 0]] * (value.shape.rank - 1)
+        padded = tf.pad(value, pads)
+        padded.set_shape([batch_size] + value.shape.as_list()[1:])
+        out[key] = padded
+    out["valid"].set_shape([batch_size])
+    return out
+
+
+def _finish_eval(ds, train, shuffle_buffer, seed):
+    if train:
+        ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+    else:
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensors(
+            tf.zeros([2], tf.int64)).repeat()))
+    return ds
+
+
+def make_eval_dataset(
+    source: str,
+    *,
+    batch_size: int,
+    image_size: int = 224,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    tfds_name: str | None = None,
+    train: bool = False,
+    crop: str = "center",
+    crop_padding: int = 32,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 10_000,
+    seed: int | None = None,
+    deterministic: bool = True,
+    stats: PipelineStats | None = None,
+) -> tf.data.Dataset:
+    """Labelled images for linear evaluation.
+
+    Args:
+      source: ``folder`` (``data_dir/split/CLASS/*.jpg|png``, classes in sorted order, e.g.
+        the CIFAR-10 layout) or ``tfds`` (``tfds_name`` with ``image`` and ``label``).
+      train: random crop + flip, shuffled and repeated (linear-probe training); otherwise one
+        pass with ``crop`` (``center``: the official centre crop with ``crop_padding``;
+        ``resize``: the whole image) and the last batch padded.
+      Other arguments as in ``make_pretrain_dataset``.
+
+    Returns:
+      Dicts of ``image`` float32 ``[b, S, S, 3]`` in [0, 1], ``label`` int32 ``[b]`` and, in
+      eval mode, ``valid`` bool ``[b]`` (False on padding).
+    """
+    stats = stats or STATS
+    if source == "folder":
+        files, labels, _ = _class_folder_files(pathlib.Path(data_dir) / split)
+        pairs = _shard_list(list(zip(files, labels, strict=True)), process_index, process_count,
+                            f"eval folder {data_dir}/{split}")
+        paths, labels = zip(*pairs, strict=True)
+        ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
+        ds = ds.map(lambda p, y: _example(tf.io.read_file(p), None, y, p))
+        ds = _filter_valid(ds, stats)
+    elif source == "tfds":
+        base, load = _tfds_source(tfds_name, data_dir, split, "none", process_index,
+                                  process_count, seed or 0, train)
+        ds = base.map(load)
+    else:
+        raise ValueError(f"eval source must be folder or tfds, got {source!r}")
+    ds = _finish_eval(ds, train, shuffle_buffer, seed)
+    view_crop = "random" if train else crop
+
+    def preprocess(ex, element_seed):
+        image, _ = one_view(ex["image"], None, image_size=image_size, crop=view_crop,
+                            crop_padding=crop_padding, seed=element_seed, name=ex["name"])
+        return {"image": image, "label": ex["label"]}
+
+    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+    if train:
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        ds = ds.batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic or not train, None))
+
+
+def make_segmentation_dataset(
+    data_dir: str | os.PathLike,
+    *,
+    batch_size: int,
+    image_size: int = 224,
+    split: str = "train",
+    train: bool = False,
+    crop: str = "resize",
+    ignore_label: int = 255,
+    void_ids: Sequence[int] = (),
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 1000,
+    seed: int | None = None,
+    deterministic: bool = True,
+    stats: PipelineStats | None = None,
+) -> tf.data.Dataset:
+    """Images with dense labels from ``data_dir/split/{images,labels}`` (CamVid layout).
+
+    Images are resized bicubic and labels nearest, both with the same geometry: ``train`` uses
+    the pre-training random crop + flip; evaluation uses ``crop='resize'`` (whole image
+    squashed to S x S, default; nothing is cut away) or ``'center'`` (official centre crop).
+    Label values listed in ``void_ids`` (e.g. CamVid's 11 'Unlabelled') become
+    ``ignore_label``.
+
+    Returns:
+      Dicts of ``image`` float32 ``[b, S, S, 3]``, ``label`` int32 ``[b, S, S]`` and, in eval
+      mode, ``valid`` bool ``[b]``.
+    """
+    stats = stats or STATS
+    root = pathlib.Path(data_dir) / split
+    images = _list_images(root / "images") if (root / "images").is_dir() else []
+    if not images:
+        raise FileNotFoundError(f"segmentation dataset: no images in {root / 'images'}")
+    labels = [root / "labels" / (p.stem + ".png") for p in images]
+    for label in labels:
+        if not label.is_file():
+            raise FileNotFoundError(f"segmentation dataset: label {label} is missing")
+    pairs = _shard_list(list(zip(map(str, images), map(str, labels), strict=True)), process_index,
+                        process_count, f"segmentation {root}")
+    paths, label_paths = zip(*pairs, strict=True)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths)))
+    ds = ds.map(lambda p, q: _example(
+        tf.io.read_file(p), tf.io.decode_png(tf.io.read_file(q), channels=1), -1, p))
+    ds = _filter_valid(ds, stats)
+    ds = _finish_eval(ds, train, shuffle_buffer, seed)
+    void = tf.constant(list(void_ids) or [-1], tf.int32)
+
+    def preprocess(ex, element_seed):
+        # Labels ride through as the uint8 mask of one_view (ids < 256).
+        image, label = one_view(ex["image"], ex["mask"], image_size=image_size,
+                                crop="random" if train else crop, crop_padding=32,
+                                seed=element_seed, name=ex["name"])
+        label = tf.cast(label[..., 0], tf.int32)
+        is_void = tf.reduce_any(tf.equal(label[..., None], void), axis=-1)
+        label = tf.where(is_void, ignore_label, label)
+        return {"image": image, "label": label}
+
+    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+    if train:
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        ds = ds.batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
+    return ds.prefetch(AUTOTUNE).with_options(_options(deterministic or not train, None))
