@@ -17,8 +17,12 @@ keys; ``None`` is allowed only where marked optional):
 - ``optim``: ``base_learning_rate`` (scaled by batch/256), ``weight_decay``, ``momentum``,
   ``trust_coefficient``, ``base_ema``, ``warmup_epochs`` (optional; default
   ``num_epochs // 100`` as the official code).
-- ``data``: ``source``, ``path``, ``split``, ``image_size`` (multiple of 32),
-  ``num_examples`` (optional override of the data-set size), ``shuffle_buffer``.
+- ``data``: ``source`` (see ``input_pipeline.SOURCES``), ``path`` (data directory; '' for
+  none), ``split``, ``tfds_name`` ('' unless ``source='tfds'``), ``image_size`` (multiple of
+  32), ``num_examples`` (optional override of the data-set size used to derive steps),
+  ``synthetic_num_images`` (size of the ``synthetic`` source), ``shuffle_buffer``, ``cache``,
+  ``deterministic`` (fixed element order: exact resume and reproducible runs), ``fh_scale``,
+  ``fh_min_size`` (Felzenszwalb masks computed on the fly).
 - ``augment``: ``view1``, ``view2`` (optional dicts; ``None`` = the official settings).
 - ``batch_size`` (GLOBAL, over all hosts), ``num_epochs``, ``num_steps`` (optional override
   of the derived total), ``mesh`` (axis name -> size, -1 = the remaining devices),
@@ -100,9 +104,15 @@ _SCHEMA: dict[str, Any] = {
         "source": str,
         "path": str,
         "split": str,
+        "tfds_name": str,
         "image_size": int,
         "num_examples": _Optional(int),
+        "synthetic_num_images": int,
         "shuffle_buffer": int,
+        "cache": bool,
+        "deterministic": bool,
+        "fh_scale": float,
+        "fh_min_size": int,
     },
     "augment": {"view1": _Optional(dict), "view2": _Optional(dict)},
     "batch_size": int,
@@ -223,6 +233,9 @@ def validate(config: Any) -> None:
     if d.num_examples is not None:
         _require(d.num_examples >= 1, "data.num_examples", "must be >= 1")
     _require(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+    _require(d.synthetic_num_images >= 1, "data.synthetic_num_images", "must be >= 1")
+    if d.source == "tfds":
+        _require(bool(d.tfds_name), "data.tfds_name", "must be set for data.source='tfds'")
     if d.source in SOURCES_NEEDING_PATH:
         _require(bool(d.path), "data.path", f"must be set for data.source={d.source!r}")
     if d.path and not os.path.isdir(os.path.expanduser(d.path)):

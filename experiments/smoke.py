@@ -45,9 +45,15 @@ def get_config() -> config_dict.ConfigDict:
         source="synthetic",
         path="",
         split="train",
+        tfds_name="",
         image_size=32,
-        num_examples=64,
+        num_examples=config_dict.placeholder(int),
+        synthetic_num_images=64,
         shuffle_buffer=64,
+        cache=True,
+        deterministic=True,
+        fh_scale=1000.0,
+        fh_min_size=1000,
     ))
     config.augment = config_dict.ConfigDict(dict(view1=None, view2=None))
 

@@ -1,0 +1,125 @@
+"""Orbax checkpoints of the training state: periodic saves, keep-K, automatic resume.
+
+A checkpoint step directory holds two items: ``state`` (the whole ``TrainState`` pytree,
+restored into an abstract target so optax states keep their structure and arrays come back
+with the mesh's sharding) and ``meta`` (JSON: the model signature of the run, which says
+which model the state belongs to, and the data position). Orbax writes each step into a
+temporary directory and renames it when complete, so a crash mid-save leaves the previous
+checkpoint as the newest complete one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from detcon_jax.config import ConfigError
+
+__all__ = ["Checkpointer", "abstract_like", "check_workdir_compatible"]
+
+_STATE = "state"
+_META = "meta"
+
+
+def abstract_like(tree: Any) -> Any:
+    """``ShapeDtypeStruct`` tree (with shardings) of ``tree``, e.g. of ``jax.eval_shape``."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+
+
+def _manager(directory: str, *, every_steps: int = 1, keep: int | None = None,
+             read_only: bool = False) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every_steps,
+        max_to_keep=keep,
+        create=not read_only,
+        read_only=read_only,
+        # Saves copy the arrays to host memory, then write in a background thread, so the
+        # next training steps overlap with the file I/O.
+        enable_async_checkpointing=not read_only,
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=(_STATE, _META))
+
+
+def check_workdir_compatible(directory: str, signature: dict[str, Any]) -> int | None:
+    """Reads (never writes) ``directory``; returns the newest complete step or None.
+
+    Raises:
+      ConfigError: when the newest checkpoint belongs to a model with another signature.
+    """
+    if not os.path.isdir(directory):
+        return None
+    manager = _manager(directory, read_only=True)
+    try:
+        step = manager.latest_step()
+        if step is None:
+            return None
+        meta = manager.restore(step, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()}))
+        stored = dict(meta[_META]).get("signature")
+        if stored != signature:
+            raise ConfigError(
+                f"workdir checkpoint {os.path.join(directory, str(step))} belongs to another "
+                f"model ({stored}), not this config ({signature}); use a fresh --workdir")
+        return step
+    finally:
+        manager.close()
+
+
+class Checkpointer:
+    """Saves every ``every_steps`` steps (and on demand), keeps the newest ``keep``."""
+
+    def __init__(self, directory: str, *, every_steps: int, keep: int,
+                 signature: dict[str, Any]):
+        self.directory = os.path.abspath(directory)
+        self.signature = signature
+        self._manager = _manager(self.directory, every_steps=every_steps, keep=keep)
+
+    def latest_step(self) -> int | None:
+        """Newest complete checkpoint step (temporary, unfinished saves are ignored)."""
+        return self._manager.latest_step()
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores ``(state, meta)`` of ``step`` (default: newest) into ``abstract_state``.
+
+        ``abstract_state`` is a tree of ``jax.ShapeDtypeStruct`` with shardings (see
+        `abstract_like`); the restored arrays are global arrays with those shardings.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(abstract_state),
+            _META: ocp.args.JsonRestore(),
+        }))
+        meta = dict(restored[_META])
+        if meta.get("signature") != self.signature:
+            raise ConfigError(
+                f"checkpoint {self.directory}/{step} belongs to another model "
+                f"({meta.get('signature')}), not this config ({self.signature})")
+        return restored[_STATE], meta
+
+    def save(self, step: int, state: Any, *, data_position: int, force: bool = False) -> bool:
+        """Saves when ``step`` is on the cadence (or ``force``); returns whether it saved.
+
+        Returns once the arrays are copied off the devices; the files are written in the
+        background (see `wait`). ``state`` may be donated to the next step right away.
+        """
+        meta = {"signature": self.signature, "step": int(step),
+                "data_position": int(data_position)}
+        return self._manager.save(step, args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardSave(state),
+            _META: ocp.args.JsonSave(meta),
+        }), force=force)
+
+    def wait(self) -> None:
+        """Blocks until every background save is complete on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finishes pending saves and releases the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,307 @@
+"""The training state and the pure, jit-able DetCon/BYOL/SimCLR training step.
+
+One step (official ``detcon_b.py`` ``loss_fn`` + ``_update_fn``): augment each view on
+device -> binary masks on the feature grid -> sample mask ids once per view (shared by the
+online and target networks) -> online and target forward in train mode (both update their
+BatchNorm statistics) -> loss by method (+ the online linear probe's cross-entropy when
+labels exist) -> gradients w.r.t. the online parameters -> LARS with the LR schedule ->
+target EMA towards the *new* online parameters with tau at the current step.
+
+Arrays are global (see ``sharding.py``): nothing here names a device axis, and every
+reduction (BatchNorm statistics, negatives, means) covers the global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from detcon_jax import augment as augment_lib
+from detcon_jax import losses, optim
+from detcon_jax import masks as masks_lib
+from detcon_jax.config import uses_target_network
+from detcon_jax.model import DetConNetwork
+
+__all__ = [
+    "ENCODER_STRIDE",
+    "Schedules",
+    "TrainState",
+    "create_train_state",
+    "make_network",
+    "make_optimizer",
+    "make_schedules",
+    "make_train_step",
+]
+
+ENCODER_STRIDE = 32
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training (a pytree; checkpointed as a whole).
+
+    ``target_*`` are ``None`` for methods without a target network (DetCon-S, SimCLR).
+    ``rng`` is the run's base key; step ``k`` uses ``fold_in(rng, k)``, so a resumed run
+    draws exactly the numbers an uninterrupted one would.
+    """
+
+    step: jax.Array
+    online_params: Any
+    online_batch_stats: Any
+    target_params: Any
+    target_batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+@flax.struct.dataclass
+class Schedules:
+    """Step -> learning rate and step -> target EMA rate, plus the step counts behind them."""
+
+    learning_rate: Callable[[jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
+    target_ema: Callable[[jax.Array], jax.Array] = flax.struct.field(pytree_node=False)
+    total_steps: int = flax.struct.field(pytree_node=False)
+    warmup_steps: int = flax.struct.field(pytree_node=False)
+
+
+def make_schedules(config: Any, *, total_steps: int, warmup_steps: int) -> Schedules:
+    """The official LR (base x batch/256, warm-up, cosine) and target-EMA schedules."""
+    return Schedules(
+        learning_rate=optim.learning_rate_schedule(
+            base_learning_rate=config.optim.base_learning_rate,
+            batch_size=config.batch_size,
+            total_steps=total_steps,
+            warmup_steps=warmup_steps),
+        target_ema=optim.target_ema_schedule(
+            base_ema=config.optim.base_ema, total_steps=total_steps),
+        total_steps=int(total_steps),
+        warmup_steps=int(warmup_steps),
+    )
+
+
+def make_network(config: Any) -> DetConNetwork:
+    """The DetCon network for ``config.method`` (no predictor for DetCon-S / SimCLR)."""
+    m = config.model
+    return DetConNetwork(
+        depth=m.depth,
+        width_multiplier=m.width_multiplier,
+        mlp_hidden_size=m.mlp_hidden_size,
+        projection_size=m.projection_size,
+        use_predictor=uses_target_network(config.method),
+        num_classes=m.num_classes,
+        bn_momentum=m.bn_decay,
+        bn_epsilon=m.bn_epsilon,
+        dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+    )
+
+
+def make_optimizer(config: Any, schedules: Schedules) -> optax.GradientTransformation:
+    """LARS driven by the LR schedule (its update count equals ``TrainState.step``)."""
+    o = config.optim
+    return optim.lars(
+        schedules.learning_rate,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        trust_coefficient=o.trust_coefficient,
+    )
+
+
+def _num_rois(config: Any) -> int:
+    return config.masks.num_samples if config.masks.source != "none" else 1
+
+
+def _feature_size(image_size: int) -> int:
+    return -(-image_size // ENCODER_STRIDE)
+
+
+def create_train_state(config: Any, rng: jax.Array, *,
+                       optimizer: optax.GradientTransformation) -> TrainState:
+    """Initial state: online and target networks from *different* keys, as the official code.
+
+    Args:
+      config: a validated experiment config.
+      rng: the run's key (``jax.random.PRNGKey(config.seed)``).
+      optimizer: from `make_optimizer` (only the structure of its state matters here).
+    """
+    network = make_network(config)
+    size = config.data.image_size
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    masks = jnp.ones((1, _num_rois(config), _feature_size(size) ** 2), jnp.float32)
+    rng_online, rng_target, rng_train = jax.random.split(rng, 3)
+    online = network.init(rng_online, images, masks, train=True)
+    target_params = target_stats = None
+    if uses_target_network(config.method):
+        target = network.init(rng_target, images, masks, train=True)
+        target_params, target_stats = target["params"], target["batch_stats"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        online_params=online["params"],
+        online_batch_stats=online["batch_stats"],
+        target_params=target_params,
+        target_batch_stats=target_stats,
+        opt_state=optimizer.init(online["params"]),
+        rng=rng_train,
+    )
+
+
+def featurewise_std(x: jax.Array) -> jax.Array:
+    """Mean over features of the standard deviation across the batch (official monitor)."""
+    return jnp.mean(jnp.std(x, axis=0))
+
+
+def _sample_view_masks(config: Any, rng: jax.Array, segmentation: jax.Array,
+                       image_size: int) -> tuple[jax.Array, jax.Array]:
+    """Segmentation ``[B, S, S, 1]`` -> sampled masks ``[B, R, P]`` and their ids ``[B, R]``.
+
+    For the one-mask methods (BYOL, SimCLR) the single mask is the whole image.
+    """
+    batch = segmentation.shape[0]
+    cells = _feature_size(image_size) ** 2
+    if config.masks.source == "none":
+        return jnp.ones((batch, 1, cells), jnp.float32), jnp.zeros((batch, 1), jnp.int32)
+    if segmentation.ndim == 4 and segmentation.shape[-1] != 1:
+        raise ValueError(
+            f"batch masks must be [B, S, S, 1] (one segmentation per view), got "
+            f"{segmentation.shape}")
+    binary = masks_lib.binary_masks(
+        segmentation, downsample=image_size // _feature_size(image_size),
+        max_mask_id=config.masks.max_mask_id)
+    ids = masks_lib.sample_mask_ids(rng, binary, num_samples=config.masks.num_samples)
+    return masks_lib.gather_masks(binary, ids), ids
+
+
+def _representation_loss(config: Any, online: tuple[Metrics, Metrics],
+                         target: tuple[Metrics, Metrics] | None,
+                         ids: tuple[jax.Array, jax.Array]) -> jax.Array:
+    t = config.loss.temperature
+    (o1, o2), (ids1, ids2) = online, ids
+    if config.method == "detcon_b":
+        return losses.detcon_b_loss(
+            o1["prediction"], o2["prediction"],
+            jax.lax.stop_gradient(target[0]["projection"]),
+            jax.lax.stop_gradient(target[1]["projection"]),
+            ids1, ids2, ids1, ids2, temperature=t)
+    if config.method == "byol":
+        return losses.byol_loss(
+            o1["prediction"], o2["prediction"],
+            jax.lax.stop_gradient(target[0]["projection"]),
+            jax.lax.stop_gradient(target[1]["projection"]))
+    if config.method == "detcon_s":
+        return losses.detcon_s_loss(
+            o1["projection"], o2["projection"], ids1, ids2, temperature=t)
+    if config.method == "simclr":
+        return losses.simclr_loss(o1["projection"], o2["projection"], temperature=t)
+    raise ValueError(f"config key 'method': unknown method {config.method!r}")
+
+
+def _classifier_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Softmax cross-entropy and top-1 over the examples with a label (``label >= 0``)."""
+    valid = (labels >= 0).astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(valid), 1.0)
+    safe = jnp.maximum(labels, 0)
+    xent = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    top1 = (jnp.argmax(logits, axis=-1) == safe).astype(jnp.float32)
+    return jnp.sum(xent * valid) / count, jnp.sum(top1 * valid) / count
+
+
+def make_train_step(config: Any, schedules: Schedules,
+                    optimizer: optax.GradientTransformation
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Builds the pure ``train_step(state, batch) -> (state, metrics)``.
+
+    ``batch``: ``view1``, ``view2`` float ``[B, S, S, 3]`` in [0, 1]; ``mask1``, ``mask2``
+    integer ``[B, S, S, 1]`` segmentations (the input pipeline already picked the FH setting,
+    GT or grid); ``label`` int ``[B]`` (-1 = unknown). Metrics are scalars over the global
+    batch.
+    """
+    network = make_network(config)
+    with_target = uses_target_network(config.method)
+    view_configs = (config.augment.view1, config.augment.view2)
+    view_configs = tuple(None if c is None else dict(c) for c in view_configs)
+    num_classes = config.model.num_classes
+
+    def forward(params, stats, images, masks):
+        outputs, updated = network.apply(
+            {"params": params, "batch_stats": stats}, images, masks, train=True,
+            mutable=["batch_stats"])
+        return outputs, updated["batch_stats"]
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        image_size = batch["view1"].shape[1]
+        rng = jax.random.fold_in(state.rng, state.step)
+        aug_rng, mask_rng1, mask_rng2 = jax.random.split(rng, 3)
+        view1, view2 = augment_lib.augment_views(
+            aug_rng, batch["view1"].astype(jnp.float32), batch["view2"].astype(jnp.float32),
+            view1_config=view_configs[0], view2_config=view_configs[1])
+        # One draw per view, used by both networks (official: same rng for both forwards).
+        masks1, ids1 = _sample_view_masks(config, mask_rng1, batch["mask1"], image_size)
+        masks2, ids2 = _sample_view_masks(config, mask_rng2, batch["mask2"], image_size)
+
+        target_outputs = None
+        target_stats = state.target_batch_stats
+        if with_target:
+            # The target runs in train mode and its BatchNorm statistics move too.
+            t1, target_stats = forward(state.target_params, target_stats, view1, masks1)
+            t2, target_stats = forward(state.target_params, target_stats, view2, masks2)
+            target_outputs = (t1, t2)
+
+        def loss_fn(params):
+            o1, stats = forward(params, state.online_batch_stats, view1, masks1)
+            o2, stats = forward(params, stats, view2, masks2)
+            repr_loss = _representation_loss(config, (o1, o2), target_outputs, (ids1, ids2))
+            aux = {"stats": stats, "view1": o1}
+            loss = repr_loss
+            if num_classes > 0:
+                classif_loss, top1 = _classifier_loss(o1["logits"], batch["label"])
+                loss = loss + classif_loss
+                aux.update(classif_loss=classif_loss, top1_accuracy=top1)
+            aux["repr_loss"] = repr_loss
+            return loss, aux
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.online_params)
+        lr = schedules.learning_rate(state.step)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.online_params)
+        online_params = optax.apply_updates(state.online_params, updates)
+
+        metrics: Metrics = {"loss": loss, "repr_loss": aux["repr_loss"], "lr": lr}
+        target_params = state.target_params
+        if with_target:
+            tau = schedules.target_ema(state.step)
+            # EMA towards the updated online parameters, as the official _update_fn.
+            target_params = jax.tree.map(
+                lambda t, o: t + (1.0 - tau) * (o - t), state.target_params, online_params)
+            metrics["tau"] = tau
+        if num_classes > 0:
+            metrics["classif_loss"] = aux["classif_loss"]
+            metrics["top1_accuracy"] = aux["top1_accuracy"]
+        projection = aux["view1"]["projection"]
+        metrics.update(
+            proj_mean=projection.mean(),
+            proj_std=featurewise_std(projection),
+            normalized_proj_std=featurewise_std(losses.l2_normalize(projection, axis=-1)))
+        if "prediction" in aux["view1"]:
+            prediction = aux["view1"]["prediction"]
+            metrics.update(
+                pred_mean=prediction.mean(),
+                pred_std=featurewise_std(prediction),
+                normalized_pred_std=featurewise_std(losses.l2_normalize(prediction, axis=-1)))
+        metrics["grad_norm"] = optax.global_norm(grads)
+
+        new_state = state.replace(
+            step=state.step + 1,
+            online_params=online_params,
+            online_batch_stats=aux["stats"],
+            target_params=target_params,
+            target_batch_stats=target_stats,
+            opt_state=opt_state,
+        )
+        return new_state, metrics
+
+    return train_step
