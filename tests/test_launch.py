@@ -308,7 +308,8 @@ def fake_slurm(tmp_path, recording_path):
     write_executable(
         bindir / "scontrol",
         '#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu[07-08]" ] || exit 1\n'
-        "echo gpu07\necho gpu08\n",
+        # A long host list, as on a big allocation, also catches SIGPIPE-prone parsing.
+        "echo gpu07\necho gpu08\nseq 1 100000\n",
     )
     env = clean_env(
         PATH=f"{bindir}:{path}",
@@ -506,3 +507,19 @@ def test_local_failure_stops_the_others(tmp_path):
     assert result.returncode == 3
     assert "process 1 exited with status 3" in result.stderr
     assert time.monotonic() - start < 20, "the surviving processes were not stopped"
+
+
+def test_tpu_stop_kills_the_run(tmp_path):
+    result = run("tpu_pod.sh", "stop", "--dry-run", *TPU_FLAGS)
+    assert result.returncode == 0, result.stderr
+    (stop_line,) = lines_of(result.stdout)
+    assert "--worker=all" in stop_line
+    # The train command starts the run with setsid, so it leads its own process group.
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        (tmp_path / "detcon_train.pid").write_text(f"{sleeper.pid}\n")
+        subprocess.run(["bash", "-c", remote_command(stop_line)], cwd=tmp_path,
+                       env=clean_env(HOME=str(tmp_path)), check=True, timeout=30)
+        assert sleeper.wait(timeout=10) != 0
+    finally:
+        sleeper.kill()
