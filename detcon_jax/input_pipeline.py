@@ -77,7 +77,8 @@ class PipelineStats:
     skipped_names: list[str] = dataclasses.field(default_factory=list)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
-    def record_skipped(self, name: bytes | str) -> None:
+    def record_skipped(self, name: Any) -> None:
+        name = name.numpy() if hasattr(name, "numpy") else name
         name = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
         with self._lock:
             self.skipped += 1
@@ -572,7 +573,8 @@ def _tfds_source(name, data_dir, split, mask_source, process_index, process_coun
             raise ValueError(f"tfds source: {name} has no segmentation feature for mask 'gt'")
         label = ex.get("label", tf.constant(-1))
         label = label if label.shape.rank == 0 else tf.constant(-1)
-        filename = ex.get("image/filename", tf.constant(name))
+        names = [ex[k] for k in ("image/filename", "file_name", "filename") if k in ex]
+        filename = tf.strings.join([name, names[0]], ":") if names else name
         return _example(ex["image"], mask, label, filename)
 
     return ds, load
