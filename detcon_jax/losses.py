@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "auto_num_chunks",
     "byol_loss",
     "detcon_b_loss",
     "detcon_b_loss_reference",
@@ -125,12 +126,34 @@ def detcon_b_loss_reference(
 # --------------------------------------------------------------------------------------
 
 
-def _auto_num_chunks(batch: int, rois: int, max_elements: int) -> int:
-    """Smallest divisor ``n`` of ``batch`` whose chunk of logits fits in ``max_elements``."""
-    row_cost = rois * 2 * batch * rois  # logits per image of rows
-    for n in range(1, batch + 1):
-        if batch % n == 0 and (batch // n) * row_cost <= max_elements:
-            return n
+def auto_num_chunks(
+    batch: int, rois: int, *, num_devices: int = 1, max_elements: int = _DEFAULT_CHUNK_ELEMENTS
+) -> int:
+    """Chunk count for :func:`detcon_b_loss`: the fewest chunks whose logits fit a budget.
+
+    Each chunk of ``batch // n`` images holds ``(batch // n) * rois * 2 * batch * rois``
+    logits, spread over ``num_devices`` when the batch axis is sharded over that many
+    devices (chunks are strided, so every device keeps its share of every chunk). Returns
+    the smallest divisor ``n`` of ``batch`` whose per-device chunk has at most
+    ``max_elements`` logits and whose chunk size is a multiple of ``num_devices``
+    (``batch`` if none fits).
+
+    Args:
+      batch: global batch size.
+      rois: ROIs (masks) per image.
+      num_devices: devices the batch axis is sharded over (e.g. the mesh's data axis).
+      max_elements: budget of float32 logits per device per chunk.
+    """
+    row_cost = rois * 2 * batch * rois  # logits per image of queries
+    for aligned in (True, False):
+        for n in range(1, batch + 1):
+            if batch % n:
+                continue
+            rows = batch // n
+            if aligned and rows % num_devices:
+                continue
+            if -(-rows // num_devices) * row_cost <= max_elements:
+                return n
     return batch
 
 
@@ -239,7 +262,9 @@ def detcon_b_loss(
       local_negatives: if False, the own image's ROIs other than the positives are removed
         from the softmax (official option).
       num_chunks: number of image chunks for the log-sum-exp (a divisor of ``B``); by
-        default the smallest one keeping each chunk of logits within 2**24 elements.
+        default ``auto_num_chunks(B, R)``, which keeps each chunk within 2**24 logits on
+        one device. With the batch sharded over N devices pass
+        ``auto_num_chunks(B, R, num_devices=N)`` to use fewer, larger chunks.
 
     Returns:
       Scalar loss, equal in value and gradients to :func:`detcon_b_loss_reference`.
@@ -248,7 +273,7 @@ def detcon_b_loss(
                   (pind1, pind2, tind1, tind2))
     batch, rois, _ = pred1.shape
     if num_chunks is None:
-        num_chunks = _auto_num_chunks(batch, rois, _DEFAULT_CHUNK_ELEMENTS)
+        num_chunks = auto_num_chunks(batch, rois)
     if num_chunks < 1 or batch % num_chunks:
         raise ValueError(f"detcon_b_loss: num_chunks={num_chunks} must divide batch size {batch}")
     p1, p2, t1, t2 = (l2_normalize(x.astype(jnp.float32)) for x in (pred1, pred2, target1, target2))

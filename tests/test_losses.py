@@ -158,7 +158,7 @@ def test_lean_handles_single_image_and_absent_ids(local_negatives):
 
     def value_and_grad(fn, i2):
         ids = (i1, i2, i1, i2)
-        return jax.value_and_grad(lambda p: fn(p, *emb[1:], *ids, **kwargs))(emb[0])
+        return jax.jit(jax.value_and_grad(lambda p: fn(p, *emb[1:], *ids, **kwargs)))(emb[0])
 
     # Some ids shared between the views: lean == reference == definition, all finite.
     i2 = np.array([[0, 6, 6, 1]], np.int32)
@@ -187,6 +187,17 @@ def test_lean_uses_under_a_quarter_of_reference_temp_memory():
     lean = temp_bytes(L.detcon_b_loss, num_chunks=8)
     ref = temp_bytes(L.detcon_b_loss_reference)
     assert lean < 0.25 * ref, (lean, ref)
+
+
+def test_auto_num_chunks():
+    # B=1024, R=16: one image row costs 16 * 2 * 1024 * 16 = 2**19 logits.
+    assert L.auto_num_chunks(1024, 16) == 32                   # 32 images * 2**19 = 2**24
+    assert L.auto_num_chunks(1024, 16, num_devices=8) == 4     # 256 images / 8 devices
+    assert L.auto_num_chunks(1024, 16, max_elements=2**40) == 1
+    assert L.auto_num_chunks(6, 4, max_elements=1) == 6        # nothing fits: one per chunk
+    # Chunk size kept a multiple of the device count: with 2 images per device allowed,
+    # 2 chunks of 12 would fit but are uneven on 8 devices, so 3 chunks of 8.
+    assert L.auto_num_chunks(24, 4, num_devices=8, max_elements=2 * (4 * 2 * 24 * 4)) == 3
 
 
 def test_detcon_b_errors():
@@ -238,17 +249,17 @@ def test_detcon_s_matches_definition_and_reference():
     z1, z2 = (rng.normal(size=(3, 4, 6)).astype(np.float32) for _ in range(2))
     i1 = np.array([[0, 1, 1, 2], [3, 3, 3, 3], [0, 1, 2, 3]], np.int32)
     i2 = np.array([[1, 0, 4, 4], [3, 5, 3, 6], [7, 8, 2, 3]], np.int32)
-    loss, grads = jax.value_and_grad(
-        lambda a, b: L.detcon_s_loss(a, b, i1, i2, temperature=0.3), argnums=(0, 1))(z1, z2)
+    loss, grads = jax.jit(jax.value_and_grad(
+        lambda a, b: L.detcon_s_loss(a, b, i1, i2, temperature=0.3), argnums=(0, 1)))(z1, z2)
     expected = _np_detcon(z1, z2, z1, z2, i1, i2, i1, i2, temperature=0.3)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     # Gradients flow through both the query and the key side.
-    ref_grads = jax.grad(lambda a, b: L.detcon_b_loss_reference(
-        a, b, a, b, i1, i2, i1, i2, temperature=0.3), argnums=(0, 1))(z1, z2)
+    ref_grads = jax.jit(jax.grad(lambda a, b: L.detcon_b_loss_reference(
+        a, b, a, b, i1, i2, i1, i2, temperature=0.3), argnums=(0, 1)))(z1, z2)
     for g, rg in zip(grads, ref_grads, strict=True):
         assert _max_rel(g, np.asarray(rg)) <= 1e-5
-    one_sided = jax.grad(lambda a: L.detcon_b_loss_reference(
-        a, z2, jax.lax.stop_gradient(a), z2, i1, i2, i1, i2, temperature=0.3))(z1)
+    one_sided = jax.jit(jax.grad(lambda a: L.detcon_b_loss_reference(
+        a, z2, jax.lax.stop_gradient(a), z2, i1, i2, i1, i2, temperature=0.3)))(z1)
     assert _max_rel(grads[0], np.asarray(one_sided)) > 1e-3
 
 
@@ -274,8 +285,8 @@ def test_detcon_b_with_one_mask_is_nce():
     ids = np.full((6, 1), 9, np.int32)
     expected = _np_nce(p1[:, 0], p2[:, 0], t1[:, 0], t2[:, 0], temperature=0.1)
     for fn in (L.detcon_b_loss, L.detcon_b_loss_reference):
-        np.testing.assert_allclose(float(fn(p1, p2, t1, t2, ids, ids, ids, ids)), expected,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(float(jax.jit(fn)(p1, p2, t1, t2, ids, ids, ids, ids)),
+                                   expected, rtol=1e-5)
 
 
 def test_byol_loss_hand_case():
