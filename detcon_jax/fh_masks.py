@@ -107,7 +107,10 @@ def make_example(image_bytes: bytes, fh_masks: np.ndarray | None, *, label: int,
     }
     if fh_masks is not None:
         feature[FH_FEATURE] = b(np.ascontiguousarray(fh_masks, np.uint8).reshape(-1).tobytes())
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    # Deterministic: map order otherwise depends on the process's hash seed, and resumed
+    # shards written by other processes must be byte-identical.
+    return example.SerializeToString(deterministic=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +223,7 @@ def process_item(item: Item, settings: Sequence[Setting] | None = None):
         feats[FH_FEATURE].bytes_list.value[:] = [masks.reshape(-1).tobytes()]
         for key, value in (("image/height", height), ("image/width", width)):
             feats[key].int64_list.value[:] = [value]
-        return example.SerializeToString(), counts, None
+        return example.SerializeToString(deterministic=True), counts, None
     serialized = make_example(
         image_bytes, masks, label=item.label, filename=item.name, height=height, width=width,
         synset=item.synset, image_format=_image_format(image_bytes))

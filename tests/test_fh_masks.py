@@ -1,0 +1,161 @@
+"""Tests of the Felzenszwalb mask tool: official record layout, masks, resume, round trip."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import skimage.segmentation
+import tensorflow as tf
+
+from detcon_jax import fh_masks
+from detcon_jax import input_pipeline as ip
+
+SETTINGS = [(1000.0, 1000), (300.0, 50)]
+
+
+@pytest.fixture(scope="module")
+def camvid_run(tmp_path_factory, data_dir):
+    """Runs the tool once (2 worker processes, 2 shards) on 3 CamVid images."""
+    root = tmp_path_factory.mktemp("fh")
+    src = root / "in" / "images"
+    src.mkdir(parents=True)
+    files = sorted((data_dir / "camvid" / "val" / "images").glob("*.jpg"))[:3]
+    for f in files:
+        shutil.copy(f, src / f.name)
+    (src / "broken.jpg").write_bytes(files[0].read_bytes()[:2000])
+    out = root / "out"
+    summary = fh_masks.generate(root / "in", out, settings=SETTINGS, workers=2, num_shards=2,
+                                progress=False)
+    return root / "in", out, summary, [src / f.name for f in files]
+
+
+def _records(out):
+    ds = ip.source_dataset("imagenet_fh", data_dir=out, mask_source="fh")
+    return [{k: v.numpy() for k, v in ex.items()} for ex in ds]
+
+
+def test_masks_equal_skimage_felzenszwalb_mod_256(camvid_run):
+    _, out, summary, files = camvid_run
+    assert summary.written == 3 and len(summary.shards_written) == 2
+    assert len(summary.skipped_images) == 1 and "broken.jpg" in summary.skipped_images[0]
+    for path in files:
+        image = tf.io.decode_jpeg(path.read_bytes(), channels=3).numpy()
+        record = next(r for r in _raw_examples(out) if r["name"] == path.name)
+        masks = record["fh"]
+        assert masks.shape == (2,) + image.shape[:2]
+        for k, (scale, min_size) in enumerate(SETTINGS):
+            expected = skimage.segmentation.felzenszwalb(image, scale=scale, min_size=min_size)
+            np.testing.assert_array_equal(masks[k], expected % 256)
+
+
+def _raw_examples(out):
+    examples = []
+    for f in sorted(out.glob("train-*-of-*")):
+        for r in tf.data.TFRecordDataset(str(f)):
+            feats = tf.train.Example.FromString(r.numpy()).features.feature
+            h = feats["image/height"].int64_list.value[0]
+            w = feats["image/width"].int64_list.value[0]
+            fh = np.frombuffer(feats[fh_masks.FH_FEATURE].bytes_list.value[0], np.uint8)
+            examples.append({
+                "name": feats["image/filename"].bytes_list.value[0].decode(),
+                "image": feats["image/encoded"].bytes_list.value[0],
+                "label": feats["image/class/label"].int64_list.value[0],
+                "fh": fh.reshape(-1, h, w)})
+    return examples
+
+
+def test_round_trip_through_the_pipeline_reader(camvid_run):
+    _, out, _, files = camvid_run
+    raw = {r["name"]: r for r in _raw_examples(out)}
+    parsed = _records(out)
+    assert len(parsed) == 3
+    for ex in parsed:
+        name = ex["name"].decode().split(" ")[-1]
+        path = next(f for f in files if f.name == name)
+        assert ex["image"] == path.read_bytes()  # image bytes kept exactly
+        assert ex["label"] == -1  # flat folder: stored 0, read back 0-based
+        np.testing.assert_array_equal(ex["mask"][..., 0], raw[name]["fh"][0])
+    second = ip.source_dataset("imagenet_fh", data_dir=out, mask_source="fh", fh_index=1)
+    ex = next(iter(second))
+    name = ex["name"].numpy().decode().split(" ")[-1]
+    np.testing.assert_array_equal(ex["mask"].numpy()[..., 0], raw[name]["fh"][1])
+
+
+def test_pretrain_dataset_reads_the_records(camvid_run):
+    _, out, _, _ = camvid_run
+    ds = ip.make_pretrain_dataset("imagenet_fh", data_dir=out, batch_size=2, image_size=96,
+                                  mask_source="fh", seed=0)
+    batch = next(iter(ds))
+    assert batch["view1"].shape == (2, 96, 96, 3) and batch["mask2"].shape == (2, 96, 96, 1)
+    assert ip.num_examples("imagenet_fh", data_dir=out) == 3
+
+
+def test_resume_skips_finished_shards(camvid_run, tmp_path):
+    src, out, _, _ = camvid_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    again = fh_masks.generate(src, copy, settings=SETTINGS, workers=0, num_shards=2,
+                              progress=False)
+    assert again.written == 0 and len(again.shards_resumed) == 2
+    first = copy / fh_masks.shard_name("train", 0, 2)
+    original = first.read_bytes()
+    os.remove(first)
+    (copy / ".train-00000-of-00002.tmp123").write_bytes(b"partial")  # an interrupted write
+    redo = fh_masks.generate(src, copy, settings=SETTINGS, workers=0, num_shards=2,
+                             progress=False)
+    assert redo.shards_written == [str(first)] and len(redo.shards_resumed) == 1
+    assert first.read_bytes() == original
+
+
+def test_tfrecord_input_and_cli(camvid_run, tmp_path):
+    _, out, _, _ = camvid_run
+    summary = fh_masks.main([f"--input={out}", f"--output={tmp_path}", "--scale=1000",
+                             "--min_size=1000", "--workers=0", "--no_progress",
+                             "--split=validation"])
+    assert summary.written == 3
+    before = {r["name"]: r for r in _raw_examples(out)}
+    for f in sorted(tmp_path.glob("validation-*")):
+        for r in tf.data.TFRecordDataset(str(f)):
+            feats = tf.train.Example.FromString(r.numpy()).features.feature
+            name = feats["image/filename"].bytes_list.value[0].decode()
+            assert feats["image/encoded"].bytes_list.value[0] == before[name]["image"]
+            fh = np.frombuffer(feats[fh_masks.FH_FEATURE].bytes_list.value[0], np.uint8)
+            np.testing.assert_array_equal(fh, before[name]["fh"][0].reshape(-1))
+
+
+def test_class_folders_labels_and_uint8_overflow(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "in" / cls).mkdir(parents=True)
+        noise = rng.integers(0, 256, [40, 40, 3], dtype=np.uint8)
+        (tmp_path / "in" / cls / "a.png").write_bytes(tf.io.encode_png(noise).numpy())
+    summary = fh_masks.generate(tmp_path / "in", tmp_path / "out", settings=[(1.0, 1)],
+                                workers=0, progress=False)
+    assert summary.overflow[(1.0, 1)] == 2  # noise gives > 256 segments
+    assert "2 image(s) with more than 256 segments" in fh_masks.report(summary)
+    examples = _records(tmp_path / "out")
+    assert sorted(int(e["label"]) for e in examples) == [0, 1]
+    for ex in examples:
+        image = tf.io.decode_png(ex["image"], channels=3).numpy()
+        full = skimage.segmentation.felzenszwalb(image, scale=1, min_size=1)
+        assert full.max() > 255
+        np.testing.assert_array_equal(ex["mask"][..., 0], full.astype(np.uint8))
+
+
+def test_mask_size_mismatch_error_names_the_record(tmp_path):
+    image = tf.io.encode_png(np.zeros([20, 30, 3], np.uint8)).numpy()
+    bad = fh_masks.make_example(image, np.zeros([1, 20, 29], np.uint8), label=1,
+                                filename="odd_one.png", height=20, width=30)
+    with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as writer:
+        writer.write(bad)
+    ds = ip.make_pretrain_dataset("imagenet_fh", data_dir=tmp_path, batch_size=1,
+                                  image_size=32, mask_source="fh")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="odd_one.png"):
+        next(iter(ds))
+
+
+def test_parse_settings():
+    assert fh_masks.parse_settings("1000,500", "1000") == [(1000.0, 1000), (500.0, 1000)]
+    with pytest.raises(ValueError, match="pair up"):
+        fh_masks.parse_settings("1,2,3", "1,2")
