@@ -510,7 +510,7 @@ def _synthetic_source(num_images, height, width, seed, process_index, process_co
     index = _shard_list(range(num_images), process_index, process_count, "synthetic images")
     names = [f"synthetic:{i}" for i in index]
     ds = tf.data.Dataset.from_tensor_slices(
-        (images[index], ids[index][..., None], np.zeros(len(index), np.int32), names))
+        (images[index], ids[index][..., None], np.full(len(index), -1, np.int32), names))
     return ds, lambda image, mask, label, name: _example(image, mask, label, name)
 
 

@@ -159,3 +159,12 @@ def test_parse_settings():
     assert fh_masks.parse_settings("1000,500", "1000") == [(1000.0, 1000), (500.0, 1000)]
     with pytest.raises(ValueError, match="pair up"):
         fh_masks.parse_settings("1,2,3", "1,2")
+
+
+def test_imagenet_fh_shards_are_split_across_processes(camvid_run):
+    _, out, _, _ = camvid_run
+    names = [{ex["name"].numpy() for ex in ip.source_dataset(
+        "imagenet_fh", data_dir=out, mask_source="fh", process_index=i, process_count=2)}
+        for i in range(2)]
+    assert names[0] and names[1] and not names[0] & names[1]
+    assert len(names[0] | names[1]) == 3

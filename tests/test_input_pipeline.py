@@ -142,7 +142,7 @@ def test_synthetic_source_gt_masks_align_and_deterministic_mode():
             np.testing.assert_array_equal(x[k], y[k])
     assert not np.array_equal(a[0]["view1"], c[0]["view1"])
     batch = a[0]
-    assert batch["label"].dtype == np.int32 and (batch["label"] == 0).all()
+    assert batch["label"].dtype == np.int32 and (batch["label"] == -1).all()
     # Each synthetic id has one colour: within an id (away from borders) colours are uniform.
     for i in range(4):
         mask = batch["mask1"][i, ..., 0]
