@@ -58,7 +58,8 @@ class BatchNorm(nn.Module):
     """Haiku-equivalent BatchNorm over all axes but the last, statistics of the global batch.
 
     Variables: ``params/{scale, bias}`` of shape ``[C]``; ``batch_stats/{mean, var}``
-    (Haiku's ``mean_ema``/``var_ema`` ``average``, initialised to zero) and
+    (Haiku's ``mean_ema``/``var_ema`` ``average``; an ``init`` in training mode stores the
+    init batch's statistics there, as Haiku's does, otherwise zeros) and
     ``batch_stats/counter`` (number of training updates). The moving averages are
     zero-debiased exactly as Haiku's ``ExponentialMovingAverage``: after ``t`` updates
     ``average = hidden / (1 - decay**t)``; we keep the debiased average and update it in the
@@ -88,8 +89,11 @@ class BatchNorm(nn.Module):
             mean = jnp.mean(xf, axis=axes)
             # Haiku's form: E[x^2] - E[x]^2 (no clipping).
             var = jnp.mean(jnp.square(xf), axis=axes) - jnp.square(mean)
-            # Flax's init runs the forward once; Haiku's init returns the initial state.
-            if not self.is_initializing():
+            if self.is_initializing():
+                # As Haiku's init: averages hold the init batch's statistics, counter 0
+                # (the first training step overwrites them, since its rate is 1).
+                ra_mean.value, ra_var.value = mean, var
+            else:
                 count = counter.value + 1
                 decay = jnp.float32(self.decay)
                 rate = (1.0 - decay) / (1.0 - jnp.power(decay, count))
