@@ -1,0 +1,493 @@
+"""Semantic segmentation evaluation: a linear probe on frozen feature maps, or fine-tuning.
+
+* ``probe``: a 1x1 convolution (per-position linear classifier) on the frozen encoder's
+  feature map, its logits bilinearly upsampled to the label resolution, pixel-wise softmax
+  cross-entropy averaged over the labelled pixels (the ignore label contributes nothing);
+  SGD + Nesterov momentum 0.9, cosine learning rate. As in `linear`, features are z-scored
+  with training statistics by default (``--no_standardize`` turns it off). It trains on the
+  features of the evaluation-mode training images (whole image resized to S x S) and, with
+  ``--augment_passes=A``, on A further passes of random-crop + flip views of image and label.
+* ``finetune``: an FCN head (two 3x3 conv + BatchNorm + ReLU, then a 1x1 conv to the classes)
+  on the encoder, upsampled bilinearly; encoder and head are trained together (BatchNorm in
+  training mode with batch statistics) on random-crop + flip views.
+
+Both report the mean intersection-over-union and per-class IoU from a confusion matrix
+accumulated over the evaluation split at the label resolution the pipeline produces
+(S x S): ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``. Pixels with the ignore label are excluded
+from every count. A class that appears neither in the ground truth nor in the predictions
+of the whole split (``TP + FP + FN = 0``) has an undefined IoU (reported as ``None``) and
+is left out of the mean, rather than counted as 0 or 1.
+
+CLI::
+
+    python -m detcon_jax.evaluate.segmentation --mode=probe|finetune \
+        --checkpoint=WORKDIR|FILE.npy|random:50 --data=CAMVID_DIR \
+        [--num_classes=11 --void_ids=11 --image_size=224 --output=r.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from detcon_jax.evaluate import common
+from detcon_jax.evaluate.features import Backbone, extract, progress
+
+__all__ = [
+    "CAMVID_CLASSES",
+    "FCNHead",
+    "confusion_matrix",
+    "finetune",
+    "iou_from_confusion",
+    "main",
+    "pixel_cross_entropy",
+    "predict_probe",
+    "segmentation_metrics",
+    "train_segmentation_probe",
+    "upsample_logits",
+]
+
+CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence',
+                  'Car', 'Pedestrian', 'Bicyclist')
+IGNORE_LABEL = 255
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'ignore_label'))
+def _confusion(pred: jax.Array, label: jax.Array, *, num_classes: int,
+               ignore_label: int) -> jax.Array:
+    label = label.astype(jnp.int32).ravel()
+    pred = pred.astype(jnp.int32).ravel()
+    valid = (label != ignore_label) & (label >= 0) & (label < num_classes)
+    index = jnp.where(valid, label * num_classes + pred, 0)
+    counts = jnp.bincount(index, weights=valid.astype(jnp.float32), length=num_classes ** 2)
+    return counts.reshape(num_classes, num_classes)
+
+
+def confusion_matrix(pred: Any, label: Any, *, num_classes: int,
+                     ignore_label: int = IGNORE_LABEL) -> np.ndarray:
+    """int64 ``[K, K]`` counts, rows = ground truth, columns = prediction.
+
+    Pixels whose label is ``ignore_label`` (or outside ``[0, K)``) are not counted.
+    """
+    pred, label = np.asarray(pred), np.asarray(label)
+    if pred.shape != label.shape:
+        raise ValueError(f'confusion matrix: prediction {pred.shape} vs label {label.shape}')
+    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
+        raise ValueError(f'confusion matrix: predictions outside [0, {num_classes})')
+    # float32 bincount is exact below 2**24 pixels per call: count in slices.
+    total = np.zeros((num_classes, num_classes), np.int64)
+    flat_p, flat_l = pred.ravel(), label.ravel()
+    step = 1 << 23
+    for start in range(0, flat_p.size, step):
+        total += np.asarray(_confusion(flat_p[start:start + step], flat_l[start:start + step],
+                                       num_classes=num_classes, ignore_label=ignore_label),
+                            ).round().astype(np.int64)
+    return total
+
+
+def iou_from_confusion(confusion: Any) -> tuple[np.ndarray, float]:
+    """Per-class IoU ``[K]`` (NaN where TP + FP + FN = 0) and their mean over defined classes."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = np.diag(confusion)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - tp
+    with np.errstate(invalid='ignore', divide='ignore'):
+        iou = np.where(union > 0, tp / union, np.nan)
+    defined = ~np.isnan(iou)
+    miou = float(iou[defined].mean()) if defined.any() else float('nan')
+    return iou, miou
+
+
+def segmentation_metrics(confusion: Any, class_names: Sequence[str] | None = None
+                         ) -> dict[str, Any]:
+    """``miou`` and ``pixel_accuracy`` (percent), ``per_class_iou`` {name: percent or None}."""
+    confusion = np.asarray(confusion)
+    iou, miou = iou_from_confusion(confusion)
+    names = list(class_names) if class_names else [str(i) for i in range(len(iou))]
+    total = confusion.sum()
+    return {
+        'miou': 100.0 * miou,
+        'pixel_accuracy': float(100.0 * np.trace(confusion) / total) if total else float('nan'),
+        'per_class_iou': {n: (None if np.isnan(v) else float(100.0 * v))
+                          for n, v in zip(names, iou, strict=True)},
+        'num_pixels': int(total),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces.
+
+
+def upsample_logits(logits: jax.Array, size: Sequence[int]) -> jax.Array:
+    """Bilinear resize of ``[B, h, w, K]`` logits to ``[B, H, W, K]`` (half-pixel centres)."""
+    b, _, _, k = logits.shape
+    return jax.image.resize(logits, (b, int(size[0]), int(size[1]), k), 'bilinear')
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, *,
+                        ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """Softmax cross-entropy averaged over labelled pixels (0 when none is labelled)."""
+    num_classes = logits.shape[-1]
+    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+    safe = jnp.where(valid, labels, 0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    return jnp.sum(losses * valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _sgd(learning_rate: jax.Array | float, total_steps: int, momentum: float,
+         weight_decay: float) -> optax.GradientTransformation:
+    schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(schedule, momentum=momentum, nesterov=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear probe on frozen feature maps.
+
+
+def _probe_logits(params: Mapping[str, jax.Array], maps: jax.Array) -> jax.Array:
+    return maps @ params['kernel'] + params['bias']
+
+
+@functools.partial(jax.jit, static_argnames=('num_classes', 'num_epochs', 'batch_size',
+                                             'ignore_label'))
+def _fit_probe(x, y, mean, std, key, learning_rate, momentum, weight_decay, *, num_classes,
+               num_epochs, batch_size, ignore_label):
+    passes, n, _, _, dim = x.shape
+    steps_per_epoch = n // batch_size
+    optimizer = _sgd(learning_rate, num_epochs * steps_per_epoch, momentum, weight_decay)
+    params = {'kernel': jnp.zeros((dim, num_classes)), 'bias': jnp.zeros((num_classes,))}
+    opt_state = optimizer.init(params)
+    label_size = y.shape[-2:]
+
+    def loss_fn(p, xb, yb):
+        logits = upsample_logits(_probe_logits(p, (xb - mean) / std), label_size)
+        return pixel_cross_entropy(logits, yb[:, 0], ignore_label=ignore_label)
+
+    def train_step(carry, indices):
+        p, s, view, labels = carry
+        loss, grads = jax.value_and_grad(loss_fn)(p, jnp.take(view, indices, axis=0),
+                                                  jnp.take(labels, indices, axis=0))
+        updates, s = optimizer.update(grads, s, p)
+        return (optax.apply_updates(p, updates), s, view, labels), loss
+
+    def epoch(e, carry):
+        p, s, _ = carry
+        order = jax.random.permutation(jax.random.fold_in(key, e), n)
+        order = order[:steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+        view = jax.lax.dynamic_index_in_dim(x, e % passes, keepdims=False)
+        labels = jax.lax.dynamic_index_in_dim(y, e % y.shape[0], keepdims=False)[:, None]
+        (p, s, _, _), losses = jax.lax.scan(train_step, (p, s, view, labels), order)
+        return p, s, jnp.mean(losses)
+
+    params, _, loss = jax.lax.fori_loop(0, num_epochs, epoch, (params, opt_state, jnp.zeros(())))
+    return params, loss
+
+
+def train_segmentation_probe(train_maps: Any, train_labels: Any, *, num_classes: int,
+                             ignore_label: int = IGNORE_LABEL, learning_rate: float = 0.1,
+                             num_epochs: int = 50, batch_size: int = 16,
+                             momentum: float = 0.9, weight_decay: float = 0.0,
+                             standardize: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Trains a 1x1-conv probe on frozen feature maps with pixel cross-entropy.
+
+    Args:
+      train_maps: ``[N, h, w, C]`` feature maps, or ``[A, N, h, w, C]`` for A augmented passes
+        (epoch ``e`` uses pass ``e mod A``).
+      train_labels: ``[N, H, W]`` (or ``[A, N, H, W]``, matching the passes) integer labels;
+        ``ignore_label`` marks unlabelled pixels.
+      num_classes: number of real classes K (labels ``0..K-1``).
+      learning_rate, num_epochs, batch_size, momentum, weight_decay: SGD (Nesterov) with a
+        cosine schedule; each epoch takes ``N // batch_size`` shuffled minibatches.
+      standardize: z-score channels with training statistics (folded back into the result).
+      seed: shuffling seed.
+
+    Returns:
+      ``params`` (``kernel`` [C, K], ``bias`` [K] on raw features) and ``train_loss``.
+    """
+    x = np.asarray(train_maps, np.float32)
+    x = x[None] if x.ndim == 4 else x
+    y = np.asarray(train_labels, np.int32)
+    y = y[None] if y.ndim == 3 else y
+    if x.ndim != 5 or y.ndim != 4 or x.shape[1] != y.shape[1] or y.shape[0] not in (
+            1, x.shape[0]):
+        raise ValueError(f'segmentation probe: feature maps {np.shape(train_maps)} do not '
+                         f'match labels {np.shape(train_labels)}')
+    if standardize:
+        mean = x.mean(axis=(0, 1, 2, 3))
+        std = x.std(axis=(0, 1, 2, 3)) + 1e-6
+    else:
+        mean, std = np.zeros(x.shape[-1], np.float32), np.ones(x.shape[-1], np.float32)
+    params, loss = _fit_probe(
+        jnp.asarray(x), jnp.asarray(y), jnp.asarray(mean), jnp.asarray(std),
+        jax.random.key(seed), jnp.float32(learning_rate), jnp.float32(momentum),
+        jnp.float32(weight_decay), num_classes=int(num_classes), num_epochs=int(num_epochs),
+        batch_size=min(int(batch_size), x.shape[1]), ignore_label=int(ignore_label))
+    kernel = np.asarray(params['kernel']) / std[:, None]
+    bias = np.asarray(params['bias']) - mean @ kernel
+    return {'params': {'kernel': kernel, 'bias': bias}, 'train_loss': float(loss)}
+
+
+@functools.partial(jax.jit, static_argnames=('label_size',))
+def _predict_probe_batch(params, maps, label_size):
+    return jnp.argmax(upsample_logits(_probe_logits(params, maps), label_size), axis=-1)
+
+
+def predict_probe(params: Mapping[str, Any], maps: Any, label_size: Sequence[int], *,
+                  batch_size: int = 32) -> np.ndarray:
+    """Per-pixel class ids ``[N, H, W]`` of the probe on feature maps ``[N, h, w, C]``."""
+    maps = np.asarray(maps, np.float32)
+    params = jax.tree.map(jnp.asarray, dict(params))
+    out = []
+    for start in range(0, len(maps), batch_size):
+        block = maps[start:start + batch_size]
+        rows = len(block)
+        block = np.pad(block, ((0, batch_size - rows),) + ((0, 0),) * 3)
+        out.append(np.asarray(_predict_probe_batch(params, block, tuple(label_size)))[:rows])
+    return np.concatenate(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning with an FCN head.
+
+
+class FCNHead(nn.Module):
+    """Two 3x3 conv + BatchNorm + ReLU layers, then a 1x1 conv to ``num_classes`` logits."""
+
+    num_classes: int
+    channels: int = 256
+    num_convs: int = 2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for i in range(self.num_convs):
+            x = nn.Conv(self.channels, (3, 3), padding='SAME', use_bias=False,
+                        name=f'conv_{i}')(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                             name=f'batchnorm_{i}')(x)
+            x = nn.relu(x)
+        return nn.Conv(self.num_classes, (1, 1), name='classifier')(x)
+
+
+def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
+             eval_batches_fn: Any, *, num_classes: int, num_steps: int,
+             ignore_label: int = IGNORE_LABEL, learning_rate: float = 0.01,
+             momentum: float = 0.9, weight_decay: float = 1e-4, head_channels: int = 256,
+             seed: int = 0, log_every_s: float = 10.0) -> np.ndarray:
+    """Fine-tunes encoder + FCN head; returns the evaluation confusion matrix ``[K, K]``.
+
+    Args:
+      backbone: from `load_backbone` (its variables are the starting point; not modified).
+      train_batches: endless iterable of ``{'image' [B, S, S, 3], 'label' [B, S, S]}``.
+      eval_batches_fn: callable returning one pass of evaluation batches (with ``valid``).
+      num_classes: number of real classes; ``ignore_label`` pixels are skipped.
+      num_steps: training steps; SGD + Nesterov momentum with a cosine schedule, decoupled
+        L2 weight decay on every parameter.
+      head_channels: width of the head's 3x3 convolutions.
+    """
+    head = FCNHead(num_classes=num_classes, channels=head_channels)
+    iterator = iter(train_batches)
+    first = next(iterator)
+    images = jnp.asarray(first['image'])
+    features, _ = backbone.apply(backbone.variables, images[:1], train=False)
+    head_vars = head.init(jax.random.key(seed), features, train=False)
+    params = {'backbone': backbone.variables['params'], 'head': head_vars['params']}
+    stats = {'backbone': backbone.variables['batch_stats'], 'head': head_vars['batch_stats']}
+    optimizer = _sgd(learning_rate, num_steps, momentum, weight_decay)
+    opt_state = optimizer.init(params)
+
+    def loss_fn(p, s, image, label):
+        feats, new_backbone = backbone.apply({'params': p['backbone'],
+                                              'batch_stats': s['backbone']}, image, train=True)
+        logits, head_updates = head.apply({'params': p['head'], 'batch_stats': s['head']},
+                                          feats, train=True, mutable=['batch_stats'])
+        logits = upsample_logits(logits, label.shape[1:3])
+        loss = pixel_cross_entropy(logits, label, ignore_label=ignore_label)
+        return loss, {'backbone': new_backbone, 'head': head_updates['batch_stats']}
+
+    @jax.jit
+    def train_step(p, s, o, image, label):
+        (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, s, image, label)
+        updates, o = optimizer.update(grads, o, p)
+        return optax.apply_updates(p, updates), s, o, loss
+
+    @jax.jit
+    def predict(p, s, image):
+        feats, _ = backbone.apply({'params': p['backbone'], 'batch_stats': s['backbone']},
+                                  image, train=False)
+        logits = head.apply({'params': p['head'], 'batch_stats': s['head']}, feats, train=False)
+        return jnp.argmax(upsample_logits(logits, image.shape[1:3]), axis=-1)
+
+    batch = first
+    start = last_log = time.perf_counter()
+    for step in range(1, num_steps + 1):
+        params, stats, opt_state, loss = train_step(
+            params, stats, opt_state, jnp.asarray(batch['image']), jnp.asarray(batch['label']))
+        now = time.perf_counter()
+        if step == num_steps or now - last_log >= log_every_s:
+            progress(f'fine-tune step {step}/{num_steps}: loss {float(loss):.4f} '
+                     f'({step / (now - start):.2f} steps/s)')
+            last_log = now
+        if step < num_steps:
+            batch = next(iterator)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for batch in _numpy(eval_batches_fn()):
+        pred = np.asarray(predict(params, stats, jnp.asarray(batch['image'])))
+        label = np.asarray(batch['label'])
+        if 'valid' in batch:
+            keep = np.asarray(batch['valid'], bool)
+            pred, label = pred[keep], label[keep]
+        confusion += confusion_matrix(pred, label, num_classes=num_classes,
+                                      ignore_label=ignore_label)
+    return confusion
+
+
+def _numpy(dataset: Any) -> Iterable[Mapping[str, Any]]:
+    return dataset.as_numpy_iterator() if hasattr(dataset, 'as_numpy_iterator') else dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(',') if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f'expected comma-separated ints, got {text!r}') from err
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m detcon_jax.evaluate.segmentation',
+        description='Semantic segmentation mIoU of a backbone: linear probe or fine-tuning.')
+    common.add_backbone_args(parser)
+    parser.add_argument('--mode', choices=('probe', 'finetune'), default='probe')
+    parser.add_argument('--data', required=True,
+                        help='folder with SPLIT/images/*.jpg and SPLIT/labels/*.png')
+    parser.add_argument('--train_split', default='train')
+    parser.add_argument('--test_split', default=None,
+                        help="default: 'test' when the folder has one, else 'val'")
+    parser.add_argument('--num_classes', type=int, default=11, help='CamVid: 11')
+    parser.add_argument('--void_ids', type=_ints, default=(11,),
+                        help="label ids to ignore (CamVid: 11 'Unlabelled')")
+    parser.add_argument('--image_size', type=int, default=224)
+    parser.add_argument('--batch_size', type=int, default=16)
+    parser.add_argument('--epochs', type=int, default=50, help='probe epochs')
+    parser.add_argument('--steps', type=int, default=None,
+                        help='fine-tune steps (default: --epochs passes over train)')
+    parser.add_argument('--learning_rate', type=float, default=None,
+                        help='default 0.1 (probe) / 0.01 (finetune)')
+    parser.add_argument('--weight_decay', type=float, default=None,
+                        help='default 0 (probe) / 1e-4 (finetune)')
+    parser.add_argument('--augment_passes', type=int, default=0,
+                        help='probe: extra random-crop+flip feature passes over train')
+    parser.add_argument('--head_channels', type=int, default=256, help='finetune head width')
+    parser.add_argument('--no_standardize', action='store_true')
+    return parser
+
+
+def _resolve_splits(args: argparse.Namespace) -> str:
+    if not os.path.isdir(args.data):
+        raise common.UsageError(f'--data={args.data}: directory does not exist')
+    test = args.test_split
+    if test is None:
+        test = 'test' if os.path.isdir(os.path.join(args.data, 'test', 'images')) else 'val'
+    for split in (args.train_split, test):
+        if not os.path.isdir(os.path.join(args.data, split, 'images')):
+            raise common.UsageError(f'--data={args.data}: no {split}/images folder')
+    return test
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs the segmentation evaluation described by parsed CLI ``args``."""
+    from detcon_jax import input_pipeline
+
+    test_split = _resolve_splits(args)
+    if args.num_classes < 1 or args.epochs < 1 or args.augment_passes < 0:
+        raise common.UsageError('--num_classes and --epochs must be >= 1, --augment_passes >= 0')
+    backbone, info = common.backbone_from_args(args)
+
+    def dataset(split: str, train: bool):
+        return input_pipeline.make_segmentation_dataset(
+            args.data, batch_size=args.batch_size, image_size=args.image_size, split=split,
+            train=train, crop='resize', ignore_label=IGNORE_LABEL, void_ids=args.void_ids,
+            seed=args.seed)
+
+    num_train = input_pipeline.num_examples('folder', data_dir=os.path.join(
+        args.data, args.train_split))
+    names = CAMVID_CLASSES if args.num_classes == len(CAMVID_CLASSES) else None
+    results: dict[str, Any] = {'task': f'segmentation_{args.mode}', 'mode': args.mode,
+                                'data': args.data, 'train_split': args.train_split,
+                                'test_split': test_split, 'image_size': args.image_size,
+                                'num_classes': args.num_classes, 'void_ids': list(args.void_ids),
+                                'num_train': num_train}
+    if args.mode == 'probe':
+        lr = 0.1 if args.learning_rate is None else args.learning_rate
+        maps, labels = extract(backbone, dataset(args.train_split, False), pool=False,
+                               description=f'{args.train_split} feature maps')
+        if args.augment_passes:
+            # Passes of the shuffled training stream, one image count each; labels travel with
+            # their views, so no image identity is needed.
+            # One iterator for all passes: restarting the seeded stream would repeat its views.
+            stream = dataset(args.train_split, True).as_numpy_iterator()
+            aug = [extract(backbone, stream, pool=False, num_examples=num_train,
+                           description=f'augmented pass {i + 1}')
+                   for i in range(args.augment_passes)]
+            n = min([len(labels)] + [len(a[1]) for a in aug])
+            maps = np.stack([maps[:n]] + [a[0][:n] for a in aug])
+            labels = np.stack([labels[:n]] + [a[1][:n] for a in aug])
+        probe = train_segmentation_probe(
+            maps, labels, num_classes=args.num_classes, learning_rate=lr,
+            num_epochs=args.epochs, batch_size=args.batch_size,
+            weight_decay=args.weight_decay or 0.0, standardize=not args.no_standardize,
+            seed=args.seed)
+        progress(f'probe trained: final epoch loss {probe["train_loss"]:.4f}')
+        test_maps, test_labels = extract(backbone, dataset(test_split, False), pool=False,
+                                         description=f'{test_split} feature maps')
+        pred = predict_probe(probe['params'], test_maps, test_labels.shape[1:])
+        confusion = confusion_matrix(pred, test_labels, num_classes=args.num_classes)
+        results.update(learning_rate=lr, epochs=args.epochs, train_loss=probe['train_loss'],
+                       augment_passes=args.augment_passes,
+                       standardize=not args.no_standardize)
+    else:
+        lr = 0.01 if args.learning_rate is None else args.learning_rate
+        steps = args.steps or max(1, args.epochs * num_train // args.batch_size)
+        wd = 1e-4 if args.weight_decay is None else args.weight_decay
+        confusion = finetune(
+            backbone, dataset(args.train_split, True).as_numpy_iterator(),
+            lambda: dataset(test_split, False), num_classes=args.num_classes,
+            num_steps=steps, learning_rate=lr, weight_decay=wd,
+            head_channels=args.head_channels, seed=args.seed)
+        results.update(learning_rate=lr, steps=steps, weight_decay=wd,
+                       head_channels=args.head_channels)
+    results.update(segmentation_metrics(confusion, names))
+    results['confusion_matrix'] = confusion.tolist()
+    results['backbone'] = common.describe(info)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2 for bad arguments or paths)."""
+    return common.run_cli(_parser(), run, argv,
+                          lambda r: f'segmentation {r["mode"]} mIoU: {r["miou"]:.2f}% '
+                                    f'(pixel acc {r["pixel_accuracy"]:.2f}%, split '
+                                    f'{r["test_split"]})')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
