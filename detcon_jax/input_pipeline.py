@@ -180,8 +180,36 @@ def _crop(x: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
     return x[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
 
 
-def _resize_view(image, mask, window, flip, image_size):
-    image = _crop(image, window)
+class _Source:
+    """An image to crop views from: JPEG bytes are decoded per view with
+    ``decode_and_crop_jpeg`` (as the official code: only the window is decoded); other
+    formats, or already decoded images, are decoded once and sliced."""
+
+    def __init__(self, image: tf.Tensor):
+        image = tf.convert_to_tensor(image)
+        if image.dtype != tf.string:
+            self.bytes, self.is_jpeg = None, tf.constant(False)
+            self.full = decode_image(image)
+            self.shape = tf.shape(self.full)[:2]
+            return
+        self.bytes, self.is_jpeg = image, _is_jpeg(image)
+        self.full = tf.cond(self.is_jpeg, lambda: tf.zeros([0, 0, 3], tf.uint8),
+                            lambda: decode_image(image))
+        self.shape = tf.cond(self.is_jpeg, lambda: tf.image.extract_jpeg_shape(image)[:2],
+                             lambda: tf.shape(self.full)[:2])
+
+    def crop(self, window: tf.Tensor) -> tf.Tensor:
+        if self.bytes is None:
+            return _crop(self.full, window)
+        cropped = tf.cond(
+            self.is_jpeg, lambda: tf.io.decode_and_crop_jpeg(self.bytes, window, channels=3),
+            lambda: _crop(self.full, window))
+        cropped.set_shape([None, None, 3])
+        return cropped
+
+
+def _resize_view(source, mask, window, flip, image_size):
+    image = source.crop(window)
     mask = _crop(mask, window)
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
@@ -234,8 +262,8 @@ def two_views(
       ``view1``, ``view2`` float32 ``[S, S, 3]`` in [0, 1]; ``mask1``, ``mask2`` uint8
       ``[S, S, 1]``.
     """
-    image = decode_image(image_bytes)
-    shape = tf.shape(image)[:2]
+    source = _Source(image_bytes)
+    shape = source.shape
     mask = _prepare_mask(mask, shape, name)
     view_seeds = [None, None] if seed is None else tf.unstack(tf.random.split(seed, 2))
     out = {}
@@ -246,7 +274,7 @@ def two_views(
         flip = tf.constant(False)
         if random_flip:
             flip = tf.less(_uniform([], 0.0, 1.0, tf.float32, flip_seed), 0.5)
-        out[f"view{i}"], out[f"mask{i}"] = _resize_view(image, mask, window, flip, image_size)
+        out[f"view{i}"], out[f"mask{i}"] = _resize_view(source, mask, window, flip, image_size)
     return out
 
 
@@ -265,8 +293,8 @@ def one_view(
 
     Returns float32 ``[S, S, 3]`` image in [0, 1] and uint8 ``[S, S, 1]`` mask.
     """
-    image = decode_image(image_bytes)
-    shape = tf.shape(image)[:2]
+    source = _Source(image_bytes)
+    shape = source.shape
     mask = _prepare_mask(mask, shape, name)
     flip = tf.constant(False)
     if crop == "center":
@@ -280,7 +308,7 @@ def one_view(
         flip = tf.less(_uniform([], 0.0, 1.0, tf.float32, flip_seed), 0.5)
     else:
         raise ValueError(f"crop must be center, random or resize, got {crop!r}")
-    return _resize_view(image, mask, window, flip, image_size)
+    return _resize_view(source, mask, window, flip, image_size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,6 +106,14 @@ def test_two_views_without_mask_and_with_decoded_image(region):
     decoded = tf.io.decode_png(image_bytes, channels=3)
     again = ip.two_views(decoded, ids, image_size=SIZE, seed=tf.constant([1, 2]))
     np.testing.assert_array_equal(again["view1"].numpy(), out["view1"].numpy())
+    # JPEG views are decoded window by window (decode_and_crop_jpeg, as official); the pixels
+    # equal those of a full decode cropped with the same window.
+    jpeg = tf.io.encode_jpeg(decoded, quality=90)
+    partial = ip.two_views(jpeg, ids, image_size=SIZE, seed=tf.constant([3, 4]))
+    full = ip.two_views(tf.io.decode_jpeg(jpeg, channels=3), ids, image_size=SIZE,
+                        seed=tf.constant([3, 4]))
+    for key in ("view1", "view2", "mask1", "mask2"):
+        np.testing.assert_array_equal(partial[key].numpy(), full[key].numpy())
 
 
 def test_mask_size_mismatch_names_the_record(region):
