@@ -106,14 +106,17 @@ def test_two_views_without_mask_and_with_decoded_image(region):
     decoded = tf.io.decode_png(image_bytes, channels=3)
     again = ip.two_views(decoded, ids, image_size=SIZE, seed=tf.constant([1, 2]))
     np.testing.assert_array_equal(again["view1"].numpy(), out["view1"].numpy())
-    # JPEG views are decoded window by window (decode_and_crop_jpeg, as official); the pixels
-    # equal those of a full decode cropped with the same window.
+    # JPEG views are decoded window by window (decode_and_crop_jpeg, as official): same
+    # geometry as a full decode cropped with the same window; pixels differ only where chroma
+    # upsampling at the window's edge sees different neighbours.
     jpeg = tf.io.encode_jpeg(decoded, quality=90)
     partial = ip.two_views(jpeg, ids, image_size=SIZE, seed=tf.constant([3, 4]))
     full = ip.two_views(tf.io.decode_jpeg(jpeg, channels=3), ids, image_size=SIZE,
                         seed=tf.constant([3, 4]))
-    for key in ("view1", "view2", "mask1", "mask2"):
-        np.testing.assert_array_equal(partial[key].numpy(), full[key].numpy())
+    for i in (1, 2):
+        np.testing.assert_array_equal(partial[f"mask{i}"].numpy(), full[f"mask{i}"].numpy())
+        diff = np.abs(partial[f"view{i}"].numpy() - full[f"view{i}"].numpy())
+        assert diff.mean() < 0.01 and (diff < 1.5 / 255).mean() > 0.9
 
 
 def test_mask_size_mismatch_names_the_record(region):
@@ -265,6 +268,11 @@ def test_tfds_source_from_local_data_dir(tmp_path):
                                       batch_size=2, image_size=SIZE, mask_source="gt",
                                       shuffle=False, deterministic=True, seed=0)
         batch = _batches(ds, 1)[0]
+        evals = _batches(ip.make_eval_dataset("tfds", tfds_name="oxford_iiit_pet",
+                                              data_dir=tmp_path, split="train", batch_size=3,
+                                              image_size=32), 5)
+    assert [int(b["valid"].sum()) for b in evals] == [3, 1]
+    assert evals[0]["image"].shape == (3, 32, 32, 3) and (evals[0]["label"] >= 0).all()
     assert batch["mask1"].shape == (2, SIZE, SIZE, 1)
     assert (batch["label"] >= 0).all()
     for i in range(2):  # masks follow the image: uniform colour inside every id
