@@ -400,14 +400,7 @@ def _shard_list(items: Sequence[Any], process_index: int, process_count: int, wh
     return shard
 
 
-def parse_fh_record(record: tf.Tensor, name: tf.Tensor | str = "<record>",
-                    fh_index: int = 0) -> dict[str, tf.Tensor]:
-    """Parses one official ImageNet-FH ``tf.train.Example``.
-
-    Returns ``image`` (encoded bytes), ``mask`` uint8 ``[H, W, 1]`` (FH setting ``fh_index`` of
-    the stored ``[K, H, W]`` stack; an empty ``[0, 0, 1]`` tensor when the record has none),
-    ``label`` int32 (0-based: the stored label is 1-based) and ``name``.
-    """
+def _parse_fh_fields(record: tf.Tensor, name: tf.Tensor | str) -> dict[str, tf.Tensor]:
     features = {
         "image/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
         "image/class/label": tf.io.FixedLenFeature((), tf.int64, default_value=0),
@@ -415,10 +408,18 @@ def parse_fh_record(record: tf.Tensor, name: tf.Tensor | str = "<record>",
         _FH_FEATURE: tf.io.VarLenFeature(tf.string),
     }
     parsed = tf.io.parse_single_example(record, features)
-    name = tf.strings.join([name, parsed["image/filename"]], separator=" ")
-    image = parsed["image/encoded"]
     fh = tf.sparse.to_dense(parsed[_FH_FEATURE], default_value="")
-    fh = tf.io.decode_raw(tf.strings.reduce_join(fh), tf.uint8)
+    return {
+        "image": parsed["image/encoded"],
+        "fh": tf.io.decode_raw(tf.strings.reduce_join(fh), tf.uint8),
+        # The official layout stores 1-based labels (0 = none).
+        "label": tf.cast(parsed["image/class/label"] - 1, tf.int32),
+        "name": tf.strings.join([name, parsed["image/filename"]], separator=" "),
+    }
+
+
+def _fh_stack_to_mask(ex: dict[str, tf.Tensor], fh_index: int) -> dict[str, tf.Tensor]:
+    image, fh, name = ex["image"], ex["fh"], ex["name"]
 
     def reshape():
         shape = image_shape(image)
@@ -434,11 +435,22 @@ def parse_fh_record(record: tf.Tensor, name: tf.Tensor | str = "<record>",
 
     mask = tf.cond(tf.size(fh) > 0, reshape, lambda: tf.zeros([0, 0, 1], tf.uint8))
     mask.set_shape([None, None, 1])
-    return _example(image, mask, parsed["image/class/label"] - 1, name)
+    return _example(image, mask, ex["label"], name)
+
+
+def parse_fh_record(record: tf.Tensor, name: tf.Tensor | str = "<record>",
+                    fh_index: int = 0) -> dict[str, tf.Tensor]:
+    """Parses one official ImageNet-FH ``tf.train.Example``.
+
+    Returns ``image`` (encoded bytes), ``mask`` uint8 ``[H, W, 1]`` (FH setting ``fh_index`` of
+    the stored ``[K, H, W]`` stack; an empty ``[0, 0, 1]`` tensor when the record has none),
+    ``label`` int32 (0-based: the stored label is 1-based) and ``name``.
+    """
+    return _fh_stack_to_mask(_parse_fh_fields(record, name), fh_index)
 
 
 def _tfrecord_source(data_dir, split, process_index, process_count, shuffle_files, seed,
-                     fh_index):
+                     fh_index, stats):
     pattern = os.path.join(str(data_dir), f"{split}-*-of-*")
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
@@ -455,7 +467,10 @@ def _tfrecord_source(data_dir, split, process_index, process_count, shuffle_file
 
     ds = ds.interleave(read, cycle_length=min(len(files), 16), block_length=1,
                        num_parallel_calls=AUTOTUNE)
-    return ds.map(lambda r, n: parse_fh_record(r, n, fh_index), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(_parse_fh_fields, num_parallel_calls=AUTOTUNE)
+    # Validate before the mask reshape, which reads the image header.
+    ds = _filter_valid(ds, stats)
+    return ds.map(lambda ex: _fh_stack_to_mask(ex, fh_index), num_parallel_calls=AUTOTUNE)
 
 
 def _list_images(directory: pathlib.Path) -> list[pathlib.Path]:
@@ -650,7 +665,7 @@ def source_dataset(
         if data_dir is None:
             raise ValueError("imagenet_fh source needs data_dir")
         ds = _tfrecord_source(data_dir, split, process_index, process_count, shuffle_files, seed,
-                              fh_index)
+                              fh_index, stats)
     elif source == "folder":
         if data_dir is None:
             raise ValueError("folder source needs data_dir")
@@ -665,7 +680,7 @@ def source_dataset(
                               process_count, seed, shuffle_files)
     if fn is not None:
         ds = ds.map(lambda *args: fn(*args), num_parallel_calls=AUTOTUNE)
-    ds = _filter_valid(ds, stats)
+        ds = _filter_valid(ds, stats)
     return ds.map(lambda ex: _materialise_mask(ex, source, mask_source, grid_size, fh_scale,
                                                fh_min_size), num_parallel_calls=AUTOTUNE)
 

@@ -168,3 +168,18 @@ def test_imagenet_fh_shards_are_split_across_processes(camvid_run):
         for i in range(2)]
     assert names[0] and names[1] and not names[0] & names[1]
     assert len(names[0] | names[1]) == 3
+
+
+def test_corrupt_record_image_is_skipped_and_counted(tmp_path):
+    good = tf.io.encode_jpeg(np.full([24, 32, 3], 120, np.uint8)).numpy()
+    masks = np.zeros([1, 24, 32], np.uint8)
+    with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as writer:
+        for name, data in (("ok.jpg", good), ("cut.jpg", good[:-40]), ("ok2.jpg", good)):
+            writer.write(fh_masks.make_example(data, masks, label=3, filename=name,
+                                               height=24, width=32))
+    stats = ip.PipelineStats()
+    ds = ip.make_pretrain_dataset("imagenet_fh", data_dir=tmp_path, batch_size=1,
+                                  image_size=32, repeat=False, shuffle=False, stats=stats)
+    batches = list(ds)
+    assert len(batches) == 2 and all(int(b["label"][0]) == 2 for b in batches)
+    assert stats.skipped == 1 and "cut.jpg" in stats.skipped_names[0]
