@@ -212,6 +212,13 @@ def load_haiku_resnet(path: str | os.PathLike, *, depth: int | None = None,
     except (OSError, ValueError) as err:
         raise ValueError(f'{where}: cannot read Haiku checkpoint ({err})') from err
     tree = raw.item() if isinstance(raw, np.ndarray) and raw.dtype == object else raw
+    return resnet_from_haiku_tree(tree, depth=depth, dtype=dtype, where=where)
+
+
+def resnet_from_haiku_tree(tree: Mapping[str, Any], *, depth: int | None = None,
+                           dtype: Any = jnp.float32, where: str = 'checkpoint'
+                           ) -> tuple[model_lib.ResNet, Variables]:
+    """``load_haiku_resnet`` for a tree already in memory; ``where`` names it in errors."""
     hk_params, hk_state = split_haiku_tree(tree, where=where)
     roots = {m.split(_SEP, 1)[0] for m in [*hk_params, *hk_state]}
     if len(roots) != 1:
@@ -244,19 +251,23 @@ def load_haiku_resnet(path: str | os.PathLike, *, depth: int | None = None,
     return module, variables
 
 
+def _natural(key: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', key)]
+
+
 def _check_match(expected: Mapping[str, Any], got: Mapping[str, Any], root: str,
                  where: str) -> None:
     for collection in ('params', 'batch_stats'):
         want = traverse_util.flatten_dict(dict(expected[collection]), sep='/')
         have = traverse_util.flatten_dict(dict(got.get(collection, {})), sep='/')
-        for key in sorted(set(want) - set(have)):
-            name = flax_key_to_haiku(collection, key, root=root)
-            raise ValueError(f'{where}: missing checkpoint key {name}')
-        for key in sorted(set(have) - set(want)):
-            name = flax_key_to_haiku(collection, key, root=root)
-            raise ValueError(f'{where}: unexpected checkpoint key {name} (no such parameter '
-                             f'in the model)')
-        for key in sorted(want):
+        for keys, problem in ((set(want) - set(have), 'missing checkpoint key'),
+                              (set(have) - set(want), 'unexpected checkpoint key')):
+            if keys:
+                first = min(keys, key=_natural)
+                more = f' (and {len(keys) - 1} more)' if len(keys) > 1 else ''
+                name = flax_key_to_haiku(collection, first, root=root)
+                raise ValueError(f'{where}: {problem} {name}{more}')
+        for key in sorted(want, key=_natural):
             if tuple(np.shape(have[key])) != tuple(want[key].shape):
                 name = flax_key_to_haiku(collection, key, root=root)
                 raise ValueError(f'{where}: checkpoint key {name} has shape '
