@@ -10,7 +10,9 @@ keys; ``None`` is allowed only where marked optional):
 - ``method``: ``'detcon_b' | 'detcon_s' | 'byol' | 'simclr'``; ``seed``: int.
 - ``model``: ``depth`` (18, 34, 50, 101, 152, 200), ``width_multiplier``, ``mlp_hidden_size``,
   ``projection_size``, ``bn_decay``, ``bn_epsilon``, ``dtype`` (``'float32' | 'bfloat16'``),
-  ``num_classes`` (online linear classifier on stop-gradient features; 0 = none).
+  ``num_classes`` (online linear classifier on stop-gradient features; 0 = none),
+  ``blocks_per_group``, ``channels_per_group`` (optional 4-tuples overriding the preset of
+  ``depth``, e.g. the official TinyResNet ``(1, 1, 1, 1)``, ``(8, 8, 8, 8)``).
 - ``masks``: ``source`` (``'fh' | 'gt' | 'grid' | 'none'``), ``num_samples`` (mask ids per
   view), ``max_mask_id`` (<= 256: ids are uint8), ``grid_size``, ``fh_index``.
 - ``loss``: ``temperature``.
@@ -83,6 +85,8 @@ _SCHEMA: dict[str, Any] = {
         "bn_epsilon": float,
         "dtype": str,
         "num_classes": int,
+        "blocks_per_group": _Optional(tuple),
+        "channels_per_group": _Optional(tuple),
     },
     "masks": {
         "source": str,
@@ -196,6 +200,11 @@ def validate(config: Any) -> None:
     _require(m.bn_epsilon > 0, "model.bn_epsilon", f"must be > 0, got {m.bn_epsilon}")
     _require(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}, got {m.dtype!r}")
     _require(m.num_classes >= 0, "model.num_classes", f"must be >= 0, got {m.num_classes}")
+    for key in ("blocks_per_group", "channels_per_group"):
+        value = m[key]
+        if value is not None:
+            _require(len(value) == 4 and all(_type_ok(v, int) and v >= 1 for v in value),
+                     f"model.{key}", f"must be 4 positive ints or None, got {value!r}")
 
     k = config.masks
     _require(k.source in MASK_SOURCES, "masks.source",
@@ -303,5 +312,8 @@ def model_signature(config: Any) -> dict[str, Any]:
             "mlp_hidden_size": int(m.mlp_hidden_size),
             "projection_size": int(m.projection_size),
             "num_classes": int(m.num_classes),
+            "blocks_per_group": None if m.blocks_per_group is None else list(m.blocks_per_group),
+            "channels_per_group": (None if m.channels_per_group is None
+                                   else list(m.channels_per_group)),
         },
     }

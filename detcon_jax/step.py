@@ -99,6 +99,9 @@ def make_network(config: Any) -> DetConNetwork:
         bn_momentum=m.bn_decay,
         bn_epsilon=m.bn_epsilon,
         dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+        encoder_blocks_per_group=None if m.blocks_per_group is None else tuple(m.blocks_per_group),
+        encoder_channels_per_group=(None if m.channels_per_group is None
+                                    else tuple(m.channels_per_group)),
     )
 
 

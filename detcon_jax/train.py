@@ -62,9 +62,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except Exception as e:  # config_flags raises plain KeyError/AttributeError/TypeError
         text = " ".join(str(e).split()).replace('"', "")
         bad = [a for a in argv[1:] if a.startswith("--config.")]
-        where = f" (in {', '.join(bad)})" if bad and "config" in repr(e).lower() + text else ""
+        where = f" (in {' '.join(bad)})" if bad else ""
         _error_exit(f"bad flag: {type(e).__name__}: {text}{where}")
         raise  # unreachable
+
+
+class _QuietLibraries:
+    """Logging filter: keeps orbax's per-save INFO chatter out of the console progress."""
+
+    def filter(self, record: Any) -> bool:
+        return record.levelno >= 30 or "orbax" not in record.pathname
 
 
 def _maybe_initialize_distributed() -> None:
@@ -296,6 +303,8 @@ def main(argv: list[str]) -> None:
         _error_exit("--config is required (e.g. --config=experiments/smoke.py)")
     if not _WORKDIR.value:
         _error_exit("--workdir is required")
+    for handler in logging.get_absl_logger().handlers + [logging.get_absl_handler()]:
+        handler.addFilter(_QuietLibraries())
     try:
         config_lib.validate(_CONFIG.value)  # before the distributed runtime starts
         _maybe_initialize_distributed()

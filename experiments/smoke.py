@@ -24,6 +24,9 @@ def get_config() -> config_dict.ConfigDict:
         bn_epsilon=1e-5,
         dtype="float32",
         num_classes=10,
+        # A tiny ResNet-18 (one basic block of 16 channels per group) keeps compiles short.
+        blocks_per_group=(1, 1, 1, 1),
+        channels_per_group=(16, 16, 16, 16),
     ))
     config.masks = config_dict.ConfigDict(dict(
         source="fh",

@@ -1,0 +1,133 @@
+"""The pure training step on the smoke model (in-process, 1 device, 32 px).
+
+Checks the official update order and bookkeeping: online and target networks start from
+different keys; after a step the target equals ``t + (1 - tau) (online_new - t)`` with
+``tau = tau(step 0)``; the LARS count and the step advance together; the target's
+BatchNorm statistics move (it runs in train mode); the linear probe only counts examples
+with a label; the one-network methods carry no target.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from detcon_jax import config as config_lib
+from detcon_jax import step as step_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOTAL_STEPS = 10
+
+
+def _smoke_config():
+    spec = importlib.util.spec_from_file_location("smoke", REPO / "experiments" / "smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _batch(labels: np.ndarray, size: int = 32, batch: int = 8) -> dict[str, jnp.ndarray]:
+    rs = np.random.RandomState(1)
+    return {
+        "view1": jnp.asarray(rs.rand(batch, size, size, 3), jnp.float32),
+        "view2": jnp.asarray(rs.rand(batch, size, size, 3), jnp.float32),
+        "mask1": jnp.asarray(rs.randint(0, 4, (batch, size, size, 1)), jnp.uint8),
+        "mask2": jnp.asarray(rs.randint(0, 4, (batch, size, size, 1)), jnp.uint8),
+        "label": jnp.asarray(labels, jnp.int32),
+    }
+
+
+def _setup(method: str = "detcon_b"):
+    config = _smoke_config()
+    config.method = method
+    if method in ("byol", "simclr"):
+        config.masks.source = "none"
+    config_lib.validate(config)
+    schedules = step_lib.make_schedules(config, total_steps=TOTAL_STEPS, warmup_steps=2)
+    optimizer = step_lib.make_optimizer(config, schedules)
+    state = step_lib.create_train_state(config, jax.random.PRNGKey(0), optimizer=optimizer)
+    train_step = jax.jit(step_lib.make_train_step(config, schedules, optimizer))
+    return config, schedules, state, train_step
+
+
+@pytest.fixture(scope="module")
+def detcon_b():
+    return _setup("detcon_b")
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_online_and_target_start_from_different_keys(detcon_b):
+    _, _, state, _ = detcon_b
+    online = jax.tree.leaves(state.online_params)
+    target = jax.tree.leaves(state.target_params)
+    assert len(online) == len(target)
+    # Random (non-constant) initialisers differ between the two networks.
+    assert any(not np.array_equal(a, b) for a, b in zip(online, target, strict=True))
+
+
+def test_one_step_update_order_and_bookkeeping(detcon_b):
+    _, schedules, state, train_step = detcon_b
+    new, metrics = train_step(state, _batch(np.arange(8) % 10))
+    assert int(new.step) == 1
+    assert int(new.opt_state[-1].count) == 1  # LR schedule count == training step
+    tau = float(schedules.target_ema(0))
+    np.testing.assert_allclose(float(metrics["tau"]), tau, rtol=1e-7)
+    np.testing.assert_allclose(float(metrics["lr"]), float(schedules.learning_rate(0)),
+                               rtol=1e-7)
+    # Target EMA towards the *updated* online parameters.
+    expected = jax.tree.map(lambda t, o: t + (1 - tau) * (o - t),
+                            state.target_params, new.online_params)
+    for got, want in zip(_leaves(new.target_params), _leaves(expected), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # Online parameters moved; both networks' BatchNorm statistics moved.
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(_leaves(state.online_params), _leaves(new.online_params), strict=True))
+    for before, after in ((state.online_batch_stats, new.online_batch_stats),
+                          (state.target_batch_stats, new.target_batch_stats)):
+        means_before = _leaves(before["encoder"]["initial_batchnorm"])
+        means_after = _leaves(after["encoder"]["initial_batchnorm"])
+        assert any(not np.array_equal(a, b)
+                   for a, b in zip(means_before, means_after, strict=True))
+    for key in ("loss", "repr_loss", "classif_loss", "top1_accuracy", "proj_std",
+                "normalized_proj_std", "pred_std", "normalized_pred_std", "lr", "tau"):
+        assert np.isfinite(float(metrics[key])), key
+    np.testing.assert_allclose(float(metrics["loss"]),
+                               float(metrics["repr_loss"] + metrics["classif_loss"]), rtol=1e-6)
+
+
+def test_probe_ignores_unlabelled_examples(detcon_b):
+    _, _, state, train_step = detcon_b
+    _, unlabelled = train_step(state, _batch(np.full(8, -1)))
+    assert float(unlabelled["classif_loss"]) == 0.0
+    assert float(unlabelled["loss"]) == float(unlabelled["repr_loss"])
+    # The representation loss does not depend on the labels.
+    _, labelled = train_step(state, _batch(np.arange(8) % 10))
+    np.testing.assert_allclose(float(labelled["repr_loss"]), float(unlabelled["repr_loss"]),
+                               rtol=1e-6)
+    assert float(labelled["classif_loss"]) > 0
+
+
+@pytest.mark.parametrize("method", ["detcon_s", "simclr"])
+def test_one_network_methods_have_no_target(method):
+    _, _, state, train_step = _setup(method)
+    assert state.target_params is None and state.target_batch_stats is None
+    assert "predictor" not in state.online_params
+    new, metrics = train_step(state, _batch(np.arange(8) % 10))
+    assert new.target_params is None and "tau" not in metrics
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_byol_one_whole_image_mask():
+    _, _, state, train_step = _setup("byol")
+    new, metrics = train_step(state, _batch(np.arange(8) % 10))
+    assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
+    # BYOL's regression loss of unit vectors lies in [0, 8] (two directions, 4 each).
+    assert 0.0 <= float(metrics["repr_loss"]) <= 8.0

@@ -1,0 +1,109 @@
+"""Test helper: trains the smoke config for a few steps on fixed data and saves the result.
+
+Run as a script in a fresh process, so that each run picks its own device count
+(``XLA_FLAGS=--xla_force_host_platform_device_count=K``) or joins a multi-process job on
+localhost. The global batches are generated from a fixed numpy seed; every process feeds
+only its own rows (``process_id``-th block of ``batch_size / num_processes``), exactly as a
+per-host input pipeline would. Writes an ``.npz`` with the per-step losses and the final
+state's leaves (process 0 only).
+
+    python tests/train_driver.py --out=/tmp/r.npz --steps=3 [--image_size=96]
+        [--num_processes=2 --process_id=0 --port=12345]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_smoke_config():
+    spec = importlib.util.spec_from_file_location("smoke", REPO / "experiments" / "smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def global_batches(steps: int, batch: int, size: int, seed: int = 0):
+    """Deterministic synthetic global batches (views in [0, 1], a few segment ids)."""
+    import numpy as np
+
+    rs = np.random.RandomState(seed)
+    for _ in range(steps):
+        # Blocky segmentations so that several ids survive on the feature grid.
+        coarse = rs.randint(0, 6, size=(2, batch, size // 16, size // 16, 1))
+        masks = coarse.repeat(16, axis=2).repeat(16, axis=3).astype(np.uint8)
+        yield {
+            "view1": rs.rand(batch, size, size, 3).astype(np.float32),
+            "view2": rs.rand(batch, size, size, 3).astype(np.float32),
+            "mask1": masks[0],
+            "mask2": masks[1],
+            "label": rs.randint(-1, 10, size=(batch,)).astype(np.int32),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--image_size", type=int, default=96)
+    parser.add_argument("--method", default="detcon_b")
+    parser.add_argument("--num_processes", type=int, default=1)
+    parser.add_argument("--process_id", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+
+    import jax
+
+    if args.num_processes > 1:
+        jax.config.update("jax_platforms", "cpu")
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
+            process_id=args.process_id)
+    import numpy as np
+
+    from detcon_jax import config as config_lib
+    from detcon_jax import sharding
+    from detcon_jax import step as step_lib
+
+    config = load_smoke_config()
+    config.data.image_size = args.image_size
+    config.method = args.method
+    if args.method in ("byol", "simclr"):
+        config.masks.source = "none"
+    config_lib.validate(config)
+    config_lib.validate_runtime(config, device_count=jax.device_count(),
+                                process_count=jax.process_count())
+    schedules = step_lib.make_schedules(config, total_steps=10, warmup_steps=2)
+    optimizer = step_lib.make_optimizer(config, schedules)
+    mesh = sharding.make_mesh(config_lib.resolve_mesh_shape(config.mesh, jax.device_count()))
+    state = sharding.create_sharded(
+        lambda: step_lib.create_train_state(config, jax.random.PRNGKey(config.seed),
+                                            optimizer=optimizer), mesh)
+    train_step = sharding.jit_train_step(
+        step_lib.make_train_step(config, schedules, optimizer), mesh)
+
+    rows = config.batch_size // jax.process_count()
+    lo = jax.process_index() * rows
+    losses = []
+    for batch in global_batches(args.steps, config.batch_size, args.image_size):
+        local = {k: v[lo:lo + rows] for k, v in batch.items()}
+        state, metrics = train_step(state, sharding.global_batch(local, mesh))
+        losses.append(float(metrics["loss"]))
+
+    # The state is replicated: each process's first local shard is the full value.
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    arrays = {jax.tree_util.keystr(path): np.asarray(leaf.addressable_data(0))
+              for path, leaf in leaves}
+    if jax.process_index() == 0:
+        np.savez(args.out, losses=np.asarray(losses), **{f"leaf{k}": v for k, v in arrays.items()})
+    print(f"process {jax.process_index()}: devices={jax.device_count()} losses={losses}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
