@@ -26,13 +26,15 @@ from detcon_jax import model as model_lib
 
 _SEP = '/~/'
 _PARAM_TO_FLAX = {'w': 'kernel', 'b': 'bias', 'scale': 'scale', 'offset': 'bias'}
+_LEAF_TO_HAIKU = {'kernel': 'w', 'bias': 'b'}
 _EMA_TO_FLAX = {'mean_ema': 'mean', 'var_ema': 'var'}
 _BN_MODULE = re.compile(r'(^|/)(initial_batchnorm|batchnorm_\d+|shortcut_batchnorm|batch_norm)$')
 
 Variables = dict[str, Any]
 
 
-def _bn_param_keys(flax_module: str) -> bool:
+def _is_batchnorm(flax_module: str) -> bool:
+    """Whether a Flax module path (``a/b``) names a BatchNorm (its ``bias`` is ``offset``)."""
     return bool(_BN_MODULE.search(flax_module))
 
 
@@ -43,9 +45,9 @@ def flax_key_to_haiku(collection: str, flax_path: str, *, root: str) -> str:
     if collection == 'batch_stats':
         ema = {'mean': 'mean_ema', 'var': 'var_ema', 'counter': 'mean_ema'}[leaf]
         return f'{hk_module}{_SEP}{ema}/{"counter" if leaf == "counter" else "average"}'
-    if leaf == 'bias' and _bn_param_keys(module):
+    if leaf == 'bias' and _is_batchnorm(module):
         return f'{hk_module}/offset'
-    return f'{hk_module}/{ {"kernel": "w", "bias": "b"}.get(leaf, leaf)}'
+    return f'{hk_module}/{_LEAF_TO_HAIKU.get(leaf, leaf)}'
 
 
 def _split_root(module: str, where: str) -> tuple[str, list[str]]:
@@ -63,8 +65,8 @@ def haiku_to_flax(hk_params: Mapping[str, Mapping[str, Any]],
     """Maps Haiku ResNet ``params`` (and ``state``) to Flax ``{'params', 'batch_stats'}``.
 
     All modules must share one root (e.g. ``res_net50``, or ``projector`` for an MLP head),
-    which is dropped. Raises a
-    ValueError naming the first key that has no Flax counterpart; ``where`` prefixes it.
+    which is dropped. Raises a ValueError naming the first key that has no Flax
+    counterpart; ``where`` prefixes it.
     """
     params: dict[tuple[str, ...], np.ndarray] = {}
     stats: dict[tuple[str, ...], np.ndarray] = {}
@@ -72,7 +74,7 @@ def haiku_to_flax(hk_params: Mapping[str, Mapping[str, Any]],
     for module in sorted(hk_params):
         root, path = _split_root(module, where)
         roots.add(root)
-        bn = _bn_param_keys('/'.join(path))
+        bn = _is_batchnorm('/'.join(path))
         for name, value in hk_params[module].items():
             if name not in (('scale', 'offset') if bn else ('w', 'b')):
                 raise ValueError(f'{where}: unexpected Haiku key {module}/{name}')
@@ -122,7 +124,7 @@ def flax_to_haiku(variables: Mapping[str, Any], *, root: str = 'res_net50',
         hk_key = flax_key_to_haiku('params', '/'.join(path), root=root)
         hk_module, name = hk_key.rsplit('/', 1)
         value = np.asarray(value)
-        if _bn_param_keys(module):
+        if _is_batchnorm(module):
             value = value.reshape(1, 1, 1, -1)
         hk_params.setdefault(hk_module, {})[name] = value
     stats = traverse_util.flatten_dict(dict(variables.get('batch_stats', {})))
