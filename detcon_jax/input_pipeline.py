@@ -850,7 +850,9 @@ def num_examples(
 # Evaluation data sets.
 
 
-def _class_folder_files(root: pathlib.Path) -> tuple[list[str], list[int], list[str]]:
+def class_folder_files(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
+    """Image files, 0-based labels and class names of ``root/CLASS/*.jpg|png`` (sorted)."""
+    root = pathlib.Path(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise FileNotFoundError(f"eval folder: no class sub-folders in {root}")
@@ -864,7 +866,7 @@ def _class_folder_files(root: pathlib.Path) -> tuple[list[str], list[int], list[
     return files, labels, classes
 
 
-def _pad_batch(batch: dict[str, tf.Tensor], batch_size: int) -> dict[str, tf.Tensor]:
+def pad_batch(batch: dict[str, tf.Tensor], batch_size: int) -> dict[str, tf.Tensor]:
     """Pads a partial batch to ``batch_size`` with zeros; ``valid`` marks real examples."""
     n = tf.shape(batch["label"])[0]
     out = {"valid": tf.pad(tf.ones([n], tf.bool), [[0, batch_size - n]])}
@@ -878,14 +880,12 @@ def _pad_batch(batch: dict[str, tf.Tensor], batch_size: int) -> dict[str, tf.Ten
 
 
 def _finish_eval(ds, train, shuffle_buffer, seed):
+    """Shuffle + repeat for training; then one stateless seed pair per element, so that a
+    single ordered pass with ``crop='random'`` is a reproducible augmented pass."""
     if train:
         ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        ds = tf.data.Dataset.zip((ds, seeds))
-    else:
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensors(
-            tf.zeros([2], tf.int64)).repeat()))
-    return ds
+    seeds = tf.data.Dataset.random(seed=seed if seed is not None else (None if train else 0))
+    return tf.data.Dataset.zip((ds, seeds.batch(2)))
 
 
 def make_eval_dataset(
@@ -912,8 +912,10 @@ def make_eval_dataset(
       source: ``folder`` (``data_dir/split/CLASS/*.jpg|png``, classes in sorted order, e.g.
         the CIFAR-10 layout) or ``tfds`` (``tfds_name`` with ``image`` and ``label``).
       train: random crop + flip, shuffled and repeated (linear-probe training); otherwise one
-        pass with ``crop`` (``center``: the official centre crop with ``crop_padding``;
-        ``resize``: the whole image) and the last batch padded.
+        pass in file order with ``crop`` (``center``: the official centre crop with
+        ``crop_padding``; ``resize``: the whole image; ``random``: random crop + flip,
+        reproducible with ``seed``, e.g. for augmented feature passes) and the last batch
+        padded.
       Other arguments as in ``make_pretrain_dataset``.
 
     Returns:
@@ -922,7 +924,7 @@ def make_eval_dataset(
     """
     stats = stats or STATS
     if source == "folder":
-        files, labels, _ = _class_folder_files(pathlib.Path(data_dir) / split)
+        files, labels, _ = class_folder_files(pathlib.Path(data_dir) / split)
         pairs = _shard_list(list(zip(files, labels, strict=True)), process_index, process_count,
                             f"eval folder {data_dir}/{split}")
         paths, labels = zip(*pairs, strict=True)
@@ -947,7 +949,7 @@ def make_eval_dataset(
     if train:
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
-        ds = ds.batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
+        ds = ds.batch(batch_size).map(lambda b: pad_batch(b, batch_size))
     return ds.prefetch(AUTOTUNE).with_options(_options(deterministic or not train, None))
 
 
@@ -1013,5 +1015,10 @@ def make_segmentation_dataset(
     if train:
         ds = ds.batch(batch_size, drop_remainder=True)
     else:
-        ds = ds.batch(batch_size).map(lambda b: _pad_batch(b, batch_size))
+        ds = ds.batch(batch_size).map(lambda b: pad_batch(b, batch_size))
     return ds.prefetch(AUTOTUNE).with_options(_options(deterministic or not train, None))
+
+
+# Private names kept for callers written against the first version.
+_class_folder_files = class_folder_files
+_pad_batch = pad_batch

@@ -341,3 +341,16 @@ def test_num_examples_and_bad_config():
         ip.make_pretrain_dataset("nope", batch_size=2)
     with pytest.raises(ValueError, match="mask_source"):
         ip.make_pretrain_dataset("synthetic", batch_size=2, mask_source="boxes")
+
+
+def test_eval_random_crop_pass_keeps_file_order(data_dir):
+    kwargs = dict(data_dir=data_dir / "cifar10", split="test", batch_size=50, image_size=32,
+                  crop="random")
+    a = next(iter(ip.make_eval_dataset("folder", seed=1, **kwargs)))
+    b = next(iter(ip.make_eval_dataset("folder", seed=1, **kwargs)))
+    c = next(iter(ip.make_eval_dataset("folder", seed=2, **kwargs)))
+    np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
+    np.testing.assert_array_equal(a["label"].numpy(), c["label"].numpy())  # same order
+    assert not np.array_equal(a["image"].numpy(), c["image"].numpy())
+    files, labels, classes = ip.class_folder_files(data_dir / "cifar10" / "test")
+    assert classes[0] == "airplane" and labels[:50] == a["label"].numpy().tolist()
