@@ -2,6 +2,7 @@
 
 import copy
 import importlib.util
+import json
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,6 @@ def golden_tree(golden_dir):
         'make_haiku_checkpoint', golden_dir / 'make_haiku_checkpoint.py')
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    import json
     return script.build(json.loads((golden_dir / 'resnet50_shared_spec.json').read_text()))
 
 
