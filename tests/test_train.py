@@ -160,3 +160,19 @@ def test_sigterm_checkpoints_current_step_and_exits_0(tmp_path):
     assert len(steps) == 1 and 3 <= steps[0] < 100000, steps
     last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == steps[0]
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(full_run, tmp_path):
+    workdir = tmp_path / "nan"
+    workdir.mkdir()
+    shutil.copytree(full_run / "checkpoints", workdir / "checkpoints")
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    # A temperature that underflows float32 turns every logit into inf, the loss into NaN.
+    proc = _cli(workdir, "--config.loss.temperature=1e-45")
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "non-finite loss at step 3" in proc.stderr, proc.stderr[-4000:]
+    assert _steps(workdir / "checkpoints") == [2]
+    got = _load_state(workdir / "checkpoints" / "2")
+    want = _load_state(full_run / "checkpoints" / "2")
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
