@@ -1,0 +1,131 @@
+"""Tests of the conversion CLI (python -m detcon_jax.convert) on a random Haiku ResNet-18."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from detcon_jax import checkpoint, convert, export, interop, model
+from detcon_jax.config import ConfigError
+from detcon_jax.evaluate import features
+
+
+@pytest.fixture(scope='module')
+def haiku_npy(tmp_path_factory):
+    """A released-layout Haiku ResNet-18 (.npy) with random weights and statistics."""
+    net = model.ResNet(depth=18)
+    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(
+        lambda s: (np.full(s.shape, 7, np.int32) if s.dtype == jnp.int32
+                   else rng.uniform(0.5, 1.5, s.shape).astype(np.float32)), shapes)
+    hk_params, hk_state = interop.flax_to_haiku(variables, root='res_net18')
+    path = tmp_path_factory.mktemp('haiku') / 'resnet18.npy'
+    np.save(path, {**hk_params, **hk_state}, allow_pickle=True)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def reference(haiku_npy):
+    _, variables = interop.load_haiku_resnet(haiku_npy)
+    return jax.tree.map(np.asarray, variables)
+
+
+def _assert_trees_equal(got, want):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.fixture(scope='module')
+def orbax_dir(haiku_npy, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('orbax') / 'imported')
+    assert convert.main(['haiku-to-orbax', f'--input={haiku_npy}', f'--output={out}']) == 0
+    return out
+
+
+def test_haiku_to_orbax_is_read_by_evaluation(orbax_dir, reference):
+    backbone, info = features.load_backbone(orbax_dir)
+    assert info['kind'] == 'orbax' and info['depth'] == 18
+    _assert_trees_equal(jax.tree.map(np.asarray, dict(backbone.variables)), reference)
+    summary = json.loads(open(os.path.join(orbax_dir, 'encoder.json')).read())
+    assert summary['depth'] == 18 and summary['width_multiplier'] == 1
+    # An imported encoder is not a training state: train.py must refuse to resume from it.
+    with pytest.raises(ConfigError, match='belongs to another model'):
+        checkpoint.check_workdir_compatible(os.path.join(orbax_dir, 'checkpoints'),
+                                            {'method': 'detcon_b', 'model': {}})
+
+
+@pytest.mark.parametrize('source', ['npy', 'orbax'])
+def test_to_torchvision_npz(source, haiku_npy, orbax_dir, reference, tmp_path):
+    out = str(tmp_path / 'sub' / 'r18.npz')
+    src = haiku_npy if source == 'npy' else orbax_dir
+    assert convert.main(['to-torchvision', f'--input={src}', f'--output={out}']) == 0
+    with np.load(out) as npz:
+        got = {k: npz[k] for k in npz.files}
+    want = export.flax_to_torchvision(reference)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype
+        np.testing.assert_array_equal(got[key], value)
+
+
+def test_to_detectron2_pkl(haiku_npy, reference, tmp_path):
+    out = str(tmp_path / 'r18.pkl')
+    assert convert.main(['to-detectron2', f'--input={haiku_npy}', f'--output={out}']) == 0
+    with open(out, 'rb') as f:
+        payload = pickle.load(f, encoding='latin1')
+    assert payload['matching_heuristics'] is True and 'detcon_jax' in payload['__author__']
+    want = export.to_detectron2(reference)['model']
+    assert set(payload['model']) == set(want)
+    for key, value in want.items():
+        np.testing.assert_array_equal(payload['model'][key], value)
+
+
+def _error(capsys, argv):
+    assert convert.main(argv) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('error:')]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_errors_are_one_line(haiku_npy, orbax_dir, tmp_path, capsys):
+    missing = str(tmp_path / 'missing.npy')
+    assert 'missing.npy: no such file' in _error(
+        capsys, ['to-torchvision', f'--input={missing}', f'--output={tmp_path}/x.npz'])
+    text = tmp_path / 'weights.txt'
+    text.write_text('hello')
+    assert 'must be a Haiku .npy' in _error(
+        capsys, ['to-detectron2', f'--input={text}', f'--output={tmp_path}/x.pkl'])
+    assert 'only from a .pkl' in _error(
+        capsys, ['to-detectron2', f'--input={haiku_npy}', f'--output={tmp_path}/x.pth'])
+    assert 'not empty' in _error(
+        capsys, ['haiku-to-orbax', f'--input={haiku_npy}', f'--output={orbax_dir}'])
+    broken = np.load(haiku_npy, allow_pickle=True).item()
+    del broken['res_net18/~/block_group_2/~/block_1/~/conv_0']
+    broken_path = tmp_path / 'broken.npy'
+    np.save(broken_path, broken, allow_pickle=True)
+    assert 'missing checkpoint key res_net18/~/block_group_2/~/block_1/~/conv_0/w' in _error(
+        capsys, ['to-torchvision', f'--input={broken_path}', f'--output={tmp_path}/x.npz'])
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert 'torch is not importable' in _error(
+            capsys, ['to-torchvision', f'--input={haiku_npy}', f'--output={tmp_path}/x.pth'])
+
+
+def test_module_entry_point(tmp_path):
+    run = subprocess.run(
+        [sys.executable, '-m', 'detcon_jax.convert', 'to-detectron2',
+         f'--input={tmp_path}/nope', f'--output={tmp_path}/x.pkl'],
+        capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [f'error: --input={tmp_path}/nope: no such file '
+                                               f'or directory']
