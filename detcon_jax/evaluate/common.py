@@ -125,15 +125,16 @@ class ClassificationData:
             raise UsageError(f'--data={args.data}: TFDS data set has no class label feature')
         return cls(source='tfds', num_classes=int(label.num_classes), **kwargs)
 
-    def dataset(self, split: str, *, crop: str = 'center'):
-        """One deterministic pass over ``split`` (centre crop by default), padded batches."""
+    def dataset(self, split: str, *, crop: str = 'center', seed: int | None = None):
+        """One pass over ``split`` in file order, padded batches; ``crop`` is ``center``
+        (default), ``resize`` or ``random`` (random crop + flip, reproducible with ``seed``)."""
         from detcon_jax import input_pipeline
 
         return input_pipeline.make_eval_dataset(
             self.source, batch_size=self.batch_size, image_size=self.image_size,
             data_dir=self.tfds_data_dir if self.source == 'tfds' else self.data,
             tfds_name=self.data if self.source == 'tfds' else None, split=split,
-            train=False, crop=crop, crop_padding=self.crop_padding)
+            train=False, crop=crop, crop_padding=self.crop_padding, seed=seed)
 
     def features(self, backbone: Callable[[Any], Any], *, split: str,
                  crop: str = 'center') -> tuple[np.ndarray, np.ndarray]:
@@ -145,46 +146,17 @@ class ClassificationData:
                            passes: int, seed: int) -> np.ndarray:
         """``[passes, N, C]`` pooled features of random-crop + flip views, image order fixed.
 
-        Every pass visits the images in the same (sorted) order as `features`, so rows of
-        different passes belong to the same image; this lets the linear probe hold out a
-        part of the training images during its learning-rate sweep.
+        Every pass visits the images in the same order as `features`, so rows of different
+        passes belong to the same image; this lets the linear probe hold out a part of the
+        training images during its learning-rate sweep.
         """
-        if self.source != 'folder':
-            raise UsageError(f'--data={self.data}: augmented training features need an image '
-                             f'folder; use --augment_passes=0 for TFDS data sets')
         out = []
         for index in range(passes):
-            ds = _augmented_folder_pass(pathlib.Path(self.data) / split, self.image_size,
-                                        self.batch_size, seed * 100_003 + index)
+            ds = self.dataset(split, crop='random', seed=seed * 100_003 + index + 1)
             x, _ = extract(backbone, ds, description=f'{split} features (augmented pass '
                                                      f'{index + 1}/{passes})')
             out.append(x)
         return np.stack(out)
-
-
-def _augmented_folder_pass(root: pathlib.Path, image_size: int, batch_size: int, seed: int):
-    """Private adapter (see the report): random-crop + flip views in a fixed image order.
-
-    ``input_pipeline.make_eval_dataset(train=True)`` shuffles and repeats, so its rows cannot
-    be matched to images; this reuses its file listing and crop so that they can.
-    """
-    import tensorflow as tf
-
-    from detcon_jax import input_pipeline
-
-    files, labels, _ = input_pipeline._class_folder_files(root)
-    ds = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int32)))
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-
-    def view(pair, element_seed):
-        path, label = pair
-        image, _ = input_pipeline.one_view(tf.io.read_file(path), None, image_size=image_size,
-                                           crop='random', seed=element_seed, name=path)
-        return {'image': image, 'label': label}
-
-    ds = tf.data.Dataset.zip((ds, seeds)).map(view, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).map(
-        lambda b: input_pipeline._pad_batch(b, batch_size)).prefetch(tf.data.AUTOTUNE)
 
 
 def write_json(path: str, results: dict[str, Any]) -> None:

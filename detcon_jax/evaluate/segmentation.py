@@ -422,11 +422,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise common.UsageError('--num_classes and --epochs must be >= 1, --augment_passes >= 0')
     backbone, info = common.backbone_from_args(args)
 
-    def dataset(split: str, train: bool):
+    def dataset(split: str, train: bool, crop: str = 'resize', seed: int | None = None):
         return input_pipeline.make_segmentation_dataset(
             args.data, batch_size=args.batch_size, image_size=args.image_size, split=split,
-            train=train, crop='resize', ignore_label=IGNORE_LABEL, void_ids=args.void_ids,
-            seed=args.seed)
+            train=train, crop=crop, ignore_label=IGNORE_LABEL, void_ids=args.void_ids,
+            # The training stream repeats before it shuffles: a buffer larger than the split
+            # would only decode the same images again before the first batch.
+            shuffle_buffer=max(1, min(1000, num_train)),
+            seed=args.seed if seed is None else seed)
 
     num_train = input_pipeline.num_examples('folder', data_dir=os.path.join(
         args.data, args.train_split))
@@ -441,16 +444,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         maps, labels = extract(backbone, dataset(args.train_split, False), pool=False,
                                description=f'{args.train_split} feature maps')
         if args.augment_passes:
-            # Passes of the shuffled training stream, one image count each; labels travel with
-            # their views, so no image identity is needed.
-            # One iterator for all passes: restarting the seeded stream would repeat its views.
-            stream = dataset(args.train_split, True).as_numpy_iterator()
-            aug = [extract(backbone, stream, pool=False, num_examples=num_train,
-                           description=f'augmented pass {i + 1}')
+            # Ordered random-crop + flip passes (image and label cropped together), each
+            # with its own seed; pass 0 stays the whole-image view.
+            aug = [extract(backbone, dataset(args.train_split, False, 'random',
+                                             args.seed * 100_003 + i + 1),
+                           pool=False, description=f'augmented pass {i + 1}')
                    for i in range(args.augment_passes)]
-            n = min([len(labels)] + [len(a[1]) for a in aug])
-            maps = np.stack([maps[:n]] + [a[0][:n] for a in aug])
-            labels = np.stack([labels[:n]] + [a[1][:n] for a in aug])
+            maps = np.stack([maps] + [a[0] for a in aug])
+            labels = np.stack([labels] + [a[1] for a in aug])
         probe = train_segmentation_probe(
             maps, labels, num_classes=args.num_classes, learning_rate=lr,
             num_epochs=args.epochs, batch_size=args.batch_size,
