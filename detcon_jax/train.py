@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -268,7 +269,13 @@ def train(config: Any, workdir: str) -> int:
                 exit_code = EXIT_NON_FINITE
                 break
             if step % config.log_every_steps == 0 or final or stopping:
-                scalars = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+                # Means over the steps since the last log: single-step values of a small
+                # batch are too noisy to show a trend.
+                window = jax.device_get([m for _, m in pending])
+                scalars = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
+                for key in ("lr", "tau"):  # schedules: the current value, not a mean
+                    if key in window[-1]:
+                        scalars[key] = float(window[-1][key])
                 now = time.perf_counter()
                 steps_per_s = (step - timer_step) / max(now - timer, 1e-9)
                 timer_step, timer = step, now
