@@ -207,12 +207,13 @@ def _restore_encoder(path: str, step: int | None) -> tuple[Variables, dict[str, 
             wanted = {k: tree[k] for k in ('online_params', 'online_batch_stats')}
             # Restore only the online network, on the host's default device, whatever sharding
             # the training run had; optimiser state and target network stay on disk.
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             abstract = jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), wanted)
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), wanted)
             restored = checkpointer.restore(
                 state_dir, args=ocp.args.PyTreeRestore(
                     item=abstract, restore_args=jax.tree.map(
-                        lambda _: ocp.ArrayRestoreArgs(), abstract),
+                        lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract),
                     partial_restore=True))
     except (KeyError, ValueError, FileNotFoundError, TypeError) as err:
         raise ValueError(f'{state_dir}: cannot restore the online network ({err})') from err
