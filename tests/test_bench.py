@@ -1,0 +1,87 @@
+"""Smoke runs of ``python -m detcon_jax.bench``: each benchmark once at a tiny size.
+
+Not timed tests: they check that every benchmark runs end to end and prints one JSON line
+with the documented keys holding positive, finite numbers.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from detcon_jax import bench
+
+
+def _run(repo_root, *args, timeout=240):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/jaxcache")
+    proc = subprocess.run(
+        [sys.executable, "-m", "detcon_jax.bench", *args, "--compilation_cache"],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stdout  # one JSON line per measurement, nothing else
+    return json.loads(lines[0])
+
+
+def _assert_positive(result, *keys):
+    for key in keys:
+        assert key in result, f"missing {key!r} in {result}"
+        value = result[key]
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (
+            key, value)
+
+
+def test_step_smoke(repo_root):
+    result = _run(repo_root, "step", "--model=tiny", "--image_size=32", "--batch_size=4",
+                  "--mlp_hidden_size=32", "--projection_size=16", "--num_classes=10",
+                  "--repeats=2")
+    _assert_positive(result, "img_per_s", "compile_s", "peak_rss_mb", "step_s", "num_devices")
+    assert result["name"] == "train_step" and result["model"] == "tiny"
+    assert result["batch_size"] == 4 and result["image_size"] == 32
+    assert math.isfinite(result["first_loss"])
+    assert result["platform"] == "cpu" and "load_avg_1m" in result
+
+
+def test_loss_smoke_on_two_devices(repo_root):
+    # --devices=2 re-executes with two fake CPU devices; --compare_direct also runs the
+    # direct port, whose value and gradients the lean loss must match.
+    result = _run(repo_root, "loss", "--batch_per_device=4", "--devices=2", "--num_masks=4",
+                  "--dim=16", "--repeats=2", "--compare_direct")
+    _assert_positive(result, "seconds", "temp_bytes", "direct_temp_bytes", "memory_ratio",
+                     "direct_seconds")
+    assert result["num_devices"] == 2 and result["global_batch"] == 8
+    assert result["memory_ratio"] == pytest.approx(
+        result["temp_bytes"] / result["direct_temp_bytes"], rel=1e-3)
+    assert result["abs_diff"] <= 1e-4 * max(1.0, abs(result["loss"]))
+    assert result["grad_max_abs_diff"] <= 1e-5
+
+
+def test_pipeline_smoke(repo_root):
+    result = _run(repo_root, "pipeline", "--image_size=32", "--batch_size=4",
+                  "--num_batches=2")
+    _assert_positive(result, "img_per_s", "peak_rss_mb")
+    assert result["image_size"] == 32 and result["batch_size"] == 4
+
+
+def test_fh_smoke(repo_root):
+    result = _run(repo_root, "fh", "--repeats=1")
+    _assert_positive(result, "img_per_s", "peak_rss_mb")
+    assert result["workers"] == 1
+
+
+def test_bad_model_is_one_clear_error():
+    with pytest.raises(ValueError, match="--model must be one of"):
+        bench.step_config(model="resnet9")
+
+
+def test_synthetic_batch_layout():
+    batch = bench.synthetic_batch(2, 96, num_classes=10)
+    assert batch["view1"].shape == (2, 96, 96, 3) and batch["mask2"].shape == (2, 96, 96, 1)
+    assert batch["mask1"].dtype.name == "uint8"
+    assert 0.0 <= batch["view1"].min() and batch["view1"].max() <= 1.0
+    # Several segments per 32 px feature cell: mask sampling sees non-trivial masks.
+    assert len(set(batch["mask1"][0, :32, :32, 0].ravel().tolist())) > 1
