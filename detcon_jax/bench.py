@@ -187,8 +187,8 @@ def synthetic_batch(batch_size: int, image_size: int, *, num_classes: int, seed:
 def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int = 8,
                dtype: str = "float32", num_masks: int = 16, steps_per_run: int = 1,
                repeats: int = 5, mlp_hidden_size: int | None = None,
-               projection_size: int | None = None, num_classes: int | None = None
-               ) -> dict[str, Any]:
+               projection_size: int | None = None, num_classes: int | None = None,
+               compile_only: bool = False) -> dict[str, Any]:
     """Images/s of the DetCon-B train step as ``train.py`` runs it, on all visible devices.
 
     Args:
@@ -200,10 +200,13 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
       steps_per_run: steps per timed run (the state feeds back, buffers donated).
       repeats: timed runs; the reported rate is from their median.
       mlp_hidden_size, projection_size, num_classes: override the recipe's heads.
+      compile_only: stop after compiling (memory and compile time only; no ``img_per_s``).
 
     Returns:
-      ``img_per_s``, ``step_s``, ``compile_s`` (trace + lower + compile), ``first_step_s``
-      (the first call after compilation), ``peak_rss_mb`` and device/host information.
+      ``img_per_s``, ``step_s``, ``cpu_s_per_step`` (process CPU time), ``compile_s``
+      (trace + lower + compile), ``first_step_s`` (the first call after compilation),
+      ``temp_bytes``/``argument_bytes``/``output_bytes`` (XLA's memory analysis of the
+      compiled step, per device), ``peak_rss_mb`` and device/host information.
     """
     import jax
 
@@ -233,6 +236,18 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    result = {
+        "name": "train_step", "method": "detcon_b", "model": model, "image_size": image_size,
+        "batch_size": batch_size, "dtype": dtype, "num_masks": num_masks,
+        "compile_s": compile_s,
+        # XLA's buffer assignment for the whole step, per device.
+        "temp_bytes": int(memory.temp_size_in_bytes),
+        "argument_bytes": int(memory.argument_size_in_bytes),
+        "output_bytes": int(memory.output_size_in_bytes),
+    }
+    if compile_only:
+        return {**result, "peak_rss_mb": _peak_rss_mb(), **_device_info(), **_host_info()}
 
     start = time.perf_counter()
     state, metrics = compiled(state, batch)
@@ -252,11 +267,9 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
     run_s, times, cpu_s = _median_seconds(run, repeats)
     step_s = run_s / steps_per_run
     return {
-        "name": "train_step", "method": "detcon_b", "model": model, "image_size": image_size,
-        "batch_size": batch_size, "dtype": dtype, "num_masks": num_masks,
-        "img_per_s": batch_size / step_s, "step_s": step_s,
-        "cpu_s_per_step": cpu_s / steps_per_run, "compile_s": compile_s,
-        "first_step_s": first_step_s, "run_s": times, "first_loss": loss,
+        **result, "img_per_s": batch_size / step_s, "step_s": step_s,
+        "cpu_s_per_step": cpu_s / steps_per_run, "first_step_s": first_step_s,
+        "run_s": times, "first_loss": loss,
         "peak_rss_mb": _peak_rss_mb(), **_device_info(), **_host_info(),
     }
 
@@ -414,6 +427,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="online classifier classes; default: the recipe's 1000")
     step.add_argument("--steps_per_run", type=int, default=1)
     step.add_argument("--repeats", type=int, default=5)
+    step.add_argument("--compile_only", action="store_true",
+                      help="report compile time and XLA memory only (no timed steps)")
     step.add_argument("--devices", type=int, default=None,
                       help="run on N fake CPU devices (re-executes in a subprocess)")
 
@@ -497,7 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             batch_size=args.batch_size, dtype=args.dtype,
                             num_masks=args.num_masks, steps_per_run=args.steps_per_run,
                             repeats=args.repeats, mlp_hidden_size=args.mlp_hidden_size,
-                            projection_size=args.projection_size, num_classes=args.num_classes)
+                            projection_size=args.projection_size, num_classes=args.num_classes,
+                            compile_only=args.compile_only)
     elif args.what == "loss":
         result = bench_loss(batch_per_device=args.batch_per_device, num_masks=args.num_masks,
                             dim=args.dim, repeats=args.repeats, num_chunks=args.num_chunks,
