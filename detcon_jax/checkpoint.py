@@ -6,6 +6,9 @@ with the mesh's sharding) and ``meta`` (JSON: the model signature of the run, wh
 which model the state belongs to, and the data position). Orbax writes each step into a
 temporary directory and renames it when complete, so a crash mid-save leaves the previous
 checkpoint as the newest complete one.
+
+``load_haiku_resnet`` (official Haiku ResNet checkpoints -> Flax variables) lives in
+``detcon_jax.interop`` and is re-exported here, next to the other checkpoint readers.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import jax
 import orbax.checkpoint as ocp
 
 from detcon_jax.config import ConfigError
+from detcon_jax.interop import load_haiku_resnet
 
-__all__ = ["Checkpointer", "abstract_like", "check_workdir_compatible"]
+__all__ = ["Checkpointer", "abstract_like", "check_workdir_compatible", "load_haiku_resnet"]
 
 _STATE = "state"
 _META = "meta"

@@ -22,7 +22,8 @@ keys; ``None`` is allowed only where marked optional):
 - ``data``: ``source`` (see ``input_pipeline.SOURCES``), ``path`` (data directory; '' for
   none), ``split``, ``tfds_name`` ('' unless ``source='tfds'``), ``image_size`` (multiple of
   32), ``num_examples`` (optional override of the data-set size used to derive steps),
-  ``synthetic_num_images`` (size of the ``synthetic`` source), ``shuffle_buffer``, ``cache``,
+  ``synthetic_num_images`` (size of the ``synthetic`` source), ``shuffle_buffer`` (optional;
+  ``None`` = the official 10 x the per-host batch), ``cache``,
   ``deterministic`` (fixed element order: exact resume and reproducible runs), ``fh_scale``,
   ``fh_min_size`` (Felzenszwalb masks computed on the fly).
 - ``augment``: ``view1``, ``view2`` (optional dicts; ``None`` = the official settings).
@@ -35,12 +36,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
     "ConfigError",
     "METHODS",
+    "data_path_error",
+    "is_url",
     "MASK_SOURCES",
     "model_signature",
     "resolve_mesh_shape",
@@ -112,7 +116,7 @@ _SCHEMA: dict[str, Any] = {
         "image_size": int,
         "num_examples": _Optional(int),
         "synthetic_num_images": int,
-        "shuffle_buffer": int,
+        "shuffle_buffer": _Optional(int),
         "cache": bool,
         "deterministic": bool,
         "fh_scale": float,
@@ -188,7 +192,8 @@ def _require(ok: bool, key: str, message: str) -> None:
 def validate(config: Any) -> None:
     """Checks everything that does not depend on the devices; raises `ConfigError`.
 
-    Includes existence of the data directory for sources that read files.
+    Includes existence of a local data directory; remote (``scheme://``) paths are checked by
+    the train CLI with ``tf.io.gfile`` before anything is written.
     """
     _check_schema(config, _SCHEMA, "")
     _require(config.method in METHODS, "method", f"must be one of {METHODS}, got {config.method!r}")
@@ -241,14 +246,17 @@ def validate(config: Any) -> None:
              f"must be a positive multiple of 32 (the encoder stride), got {d.image_size}")
     if d.num_examples is not None:
         _require(d.num_examples >= 1, "data.num_examples", "must be >= 1")
-    _require(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1")
+    if d.shuffle_buffer is not None:
+        _require(d.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1 or None")
     _require(d.synthetic_num_images >= 1, "data.synthetic_num_images", "must be >= 1")
     if d.source == "tfds":
         _require(bool(d.tfds_name), "data.tfds_name", "must be set for data.source='tfds'")
     if d.source in SOURCES_NEEDING_PATH:
         _require(bool(d.path), "data.path", f"must be set for data.source={d.source!r}")
-    if d.path and not os.path.isdir(os.path.expanduser(d.path)):
-        raise ConfigError(f"config key 'data.path': directory not found: {d.path}")
+    # Remote paths (gs://, s3://, ...) are checked by the input pipeline with tf.io.gfile at
+    # startup (see `data_path_error`); this module stays free of TensorFlow.
+    if d.path and not is_url(d.path) and not os.path.isdir(os.path.expanduser(d.path)):
+        raise ConfigError(data_path_error(d.path))
 
     _require(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
     _require(config.num_epochs >= 1, "num_epochs", f"must be >= 1, got {config.num_epochs}")
@@ -259,6 +267,16 @@ def validate(config: Any) -> None:
     _require(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
     sizes = list(_as_dict(config.mesh).values())
     _require(sizes.count(-1) <= 1, "mesh", "may have at most one axis of size -1")
+
+
+def is_url(path: str) -> bool:
+    """True for ``scheme://...`` paths (gs://, s3://, hdfs://): not checkable with ``os``."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
+
+
+def data_path_error(path: str) -> str:
+    """The one-line message for a data directory that does not exist (local or remote)."""
+    return f"config key 'data.path': directory not found: {path}"
 
 
 def resolve_mesh_shape(mesh: Any, device_count: int) -> dict[str, int]:

@@ -473,6 +473,28 @@ def _tfrecord_source(data_dir, split, process_index, process_count, shuffle_file
     return ds.map(lambda ex: _fh_stack_to_mask(ex, fh_index), num_parallel_calls=AUTOTUNE)
 
 
+def decode_id_png(data: tf.Tensor, name: tf.Tensor | str = "<unnamed>") -> tf.Tensor:
+    """uint8 ``[H, W, 1]`` ids of an id-map PNG; 16-bit PNGs must hold ids < 256.
+
+    ``decode_png`` would silently rescale a 16-bit map to 8 bits (id 300 -> 1), so 16-bit
+    files are decoded as such and an id >= 256 fails with the record ``name``.
+    """
+    depth = tf.io.decode_raw(tf.strings.substr(data, 24, 1), tf.uint8)  # IHDR bit depth
+
+    def wide():
+        ids = tf.io.decode_png(data, channels=1, dtype=tf.uint16)
+        top = tf.reduce_max(tf.cast(ids, tf.int32))
+        check = tf.debugging.Assert(
+            top < 256, ["Mask ids overflow uint8 (max id", top, ") in record", name])
+        with tf.control_dependencies([check]):
+            return tf.cast(ids, tf.uint8)
+
+    ids = tf.cond(tf.reduce_any(tf.equal(depth, 16)), wide,
+                  lambda: tf.io.decode_png(data, channels=1))
+    ids.set_shape([None, None, 1])
+    return ids
+
+
 def _list_images(directory: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
@@ -502,7 +524,7 @@ def _folder_source(data_dir, mask_source, process_index, process_count):
     def load(path, label_path):
         mask = None
         if mask_source == "gt":
-            mask = tf.io.decode_png(tf.io.read_file(label_path), channels=1)
+            mask = decode_id_png(tf.io.read_file(label_path), label_path)
         return _example(tf.io.read_file(path), mask, -1, path)
 
     return ds, load
@@ -742,6 +764,7 @@ def make_pretrain_dataset(
     prefetch: int = AUTOTUNE,
     threads: int | None = None,
     stats: PipelineStats | None = None,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Per-host batches of two augmented views with masks for DetCon pre-training.
 
@@ -771,6 +794,10 @@ def make_pretrain_dataset(
       prefetch: batches to prefetch.
       threads: private tf.data thread pool size (default: TF's).
       stats: where skipped corrupt images are counted (default: module-wide ``STATS``).
+      skip_batches: batches to fast-forward past (resuming a run): the first batch is the one
+        an uninterrupted pipeline yields after ``skip_batches`` batches. The examples are
+        dropped before the crop/resize, so a fast-forward costs reading and shuffling, not
+        pre-processing; it is exact whenever the element order is (``deterministic``).
 
     Returns:
       A dataset of dicts: ``view1``, ``view2`` float32 ``[b, S, S, 3]``; ``mask1``, ``mask2``
@@ -778,6 +805,8 @@ def make_pretrain_dataset(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
     ds = source_dataset(
         source, data_dir=data_dir, split=split, mask_source=mask_source, tfds_name=tfds_name,
         grid_size=grid_size, fh_scale=fh_scale, fh_min_size=fh_min_size, fh_index=fh_index,
@@ -794,6 +823,10 @@ def make_pretrain_dataset(
     # One stateless seed pair per element: reproducible given the element order.
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds))
+    if skip_batches:
+        # The map below is one-to-one, so skipping whole batches' worth of (example, seed)
+        # pairs here yields the same batches as skipping batches after it, minus their work.
+        ds = ds.skip(skip_batches * batch_size)
 
     def preprocess(ex, element_seed):
         views = two_views(ex["image"], ex["mask"], image_size=image_size, seed=element_seed,
@@ -805,6 +838,14 @@ def make_pretrain_dataset(
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.prefetch(prefetch)
     return ds.with_options(_options(deterministic, threads))
+
+
+def data_dir_exists(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory, local or remote (``gs://...``, via ``tf.io.gfile``)."""
+    try:
+        return bool(tf.io.gfile.isdir(str(path)))
+    except (tf.errors.OpError, OSError):  # e.g. no credentials or an unknown file system
+        return False
 
 
 def num_examples(

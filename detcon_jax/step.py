@@ -182,15 +182,19 @@ def _sample_view_masks(config: Any, rng: jax.Array, segmentation: jax.Array,
 
 def _representation_loss(config: Any, online: tuple[Metrics, Metrics],
                          target: tuple[Metrics, Metrics] | None,
-                         ids: tuple[jax.Array, jax.Array]) -> jax.Array:
+                         ids: tuple[jax.Array, jax.Array], *, num_devices: int) -> jax.Array:
     t = config.loss.temperature
     (o1, o2), (ids1, ids2) = online, ids
+    # Shapes are global here: the chunking of the lean loss sees the whole batch and is told
+    # how many devices share it, instead of naming a mesh axis.
+    batch, rois = o1["projection"].shape[:2]
+    num_chunks = losses.auto_num_chunks(batch, rois, num_devices=num_devices)
     if config.method == "detcon_b":
         return losses.detcon_b_loss(
             o1["prediction"], o2["prediction"],
             jax.lax.stop_gradient(target[0]["projection"]),
             jax.lax.stop_gradient(target[1]["projection"]),
-            ids1, ids2, ids1, ids2, temperature=t)
+            ids1, ids2, ids1, ids2, temperature=t, num_chunks=num_chunks)
     if config.method == "byol":
         return losses.byol_loss(
             o1["prediction"], o2["prediction"],
@@ -198,7 +202,8 @@ def _representation_loss(config: Any, online: tuple[Metrics, Metrics],
             jax.lax.stop_gradient(target[1]["projection"]))
     if config.method == "detcon_s":
         return losses.detcon_s_loss(
-            o1["projection"], o2["projection"], ids1, ids2, temperature=t)
+            o1["projection"], o2["projection"], ids1, ids2, temperature=t,
+            num_chunks=num_chunks)
     if config.method == "simclr":
         return losses.simclr_loss(o1["projection"], o2["projection"], temperature=t)
     raise ValueError(f"config key 'method': unknown method {config.method!r}")
@@ -215,9 +220,13 @@ def _classifier_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, j
 
 
 def make_train_step(config: Any, schedules: Schedules,
-                    optimizer: optax.GradientTransformation
+                    optimizer: optax.GradientTransformation, *, num_devices: int = 1
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the pure ``train_step(state, batch) -> (state, metrics)``.
+
+    ``num_devices``: how many devices the batch dimension is sharded over (the mesh's
+    ``data`` axis); it only sizes the memory-lean loss's chunks (``losses.auto_num_chunks``),
+    never the result.
 
     ``batch``: ``view1``, ``view2`` float ``[B, S, S, 3]`` in [0, 1]; ``mask1``, ``mask2``
     integer ``[B, S, S, 1]`` segmentations (the input pipeline already picked the FH setting,
@@ -258,7 +267,8 @@ def make_train_step(config: Any, schedules: Schedules,
         def loss_fn(params):
             o1, stats = forward(params, state.online_batch_stats, view1, masks1)
             o2, stats = forward(params, stats, view2, masks2)
-            repr_loss = _representation_loss(config, (o1, o2), target_outputs, (ids1, ids2))
+            repr_loss = _representation_loss(config, (o1, o2), target_outputs, (ids1, ids2),
+                                             num_devices=num_devices)
             aux = {"stats": stats, "view1": o1}
             loss = repr_loss
             if num_classes > 0:

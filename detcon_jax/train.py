@@ -32,11 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from detcon_jax import checkpoint as ckpt_lib
 from detcon_jax import config as config_lib
-from detcon_jax import metrics as metrics_lib
-from detcon_jax import optim, sharding
-from detcon_jax import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/*.py); override keys with "
@@ -48,6 +44,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 EXIT_CONFIG_ERROR = 2
 EXIT_NON_FINITE = 1
+EXIT_DATA_ERROR = 3
 
 
 def _error_exit(message: str) -> None:
@@ -86,16 +83,22 @@ def _maybe_initialize_distributed() -> None:
 
 
 class _StopRequest:
-    """Turns SIGTERM into a request to checkpoint and exit at the next step boundary.
+    """Turns SIGTERM into a request to checkpoint and exit at a step boundary.
 
-    With several processes JAX's preemption sync point decides, so that every host stops
-    after the same step; a single process uses its own signal handler.
+    One process: a Python signal handler sets a flag, read after every step. Several
+    processes: JAX's preemption sync point (``jax.distributed`` installs a SIGTERM notifier
+    in every process and the coordination service picks one step, max over the hosts + 1,
+    at which all of them stop), so a signal to any one host stops all of them after the
+    same step. When the preemption service is disabled (``jax_enable_preemption_service``
+    false) the hosts instead all-gather their Python signal flags after every step, which
+    gives the same agreement for a signal sent to every host (what schedulers do).
     """
 
     def __init__(self) -> None:
         self.signalled = False
         self._multi = jax.process_count() > 1
-        if not self._multi:
+        self._sync_point = self._multi and bool(jax.config.jax_enable_preemption_service)
+        if not self._sync_point:
             signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -104,18 +107,21 @@ class _StopRequest:
         self.signalled = True
 
     def should_stop(self, step: int) -> bool:
+        """Whether to checkpoint and stop after ``step``; the same answer on every host."""
         if not self._multi:
             return self.signalled
-        try:
-            from jax.experimental import multihost_utils
+        from jax.experimental import multihost_utils
 
+        if self._sync_point:
             return bool(multihost_utils.reached_preemption_sync_point(step))
-        except RuntimeError:  # preemption service unavailable on this platform
-            return False
+        flags = multihost_utils.process_allgather(np.int32(self.signalled))
+        return bool(np.any(flags))
 
 
 def derive_steps(config: Any, images_per_epoch: int) -> tuple[int, int]:
     """(warmup_steps, total_steps) from epochs, data-set size and the global batch."""
+    from detcon_jax import optim
+
     warmup, total = optim.derive_steps(
         num_epochs=config.num_epochs, images_per_epoch=images_per_epoch,
         batch_size=config.batch_size)
@@ -130,7 +136,10 @@ def derive_steps(config: Any, images_per_epoch: int) -> tuple[int, int]:
 
 
 def _make_dataset(config: Any, *, start_batch: int):
-    """This host's batches, fast-forwarded past the ``start_batch`` batches already used."""
+    """This host's batches, fast-forwarded past the ``start_batch`` batches already used.
+
+    Returns the numpy iterator and the pipeline's `PipelineStats` (skipped-image count).
+    """
     import tensorflow as tf
 
     from detcon_jax import input_pipeline
@@ -138,6 +147,9 @@ def _make_dataset(config: Any, *, start_batch: int):
     # The input pipeline must never take accelerator memory from JAX.
     tf.config.set_visible_devices([], "GPU")
     d = config.data
+    stats = input_pipeline.PipelineStats()
+    if start_batch:
+        logging.info("Fast-forwarding the input pipeline by %d batches.", start_batch)
     ds = input_pipeline.make_pretrain_dataset(
         d.source,
         batch_size=config.batch_size // jax.process_count(),
@@ -157,11 +169,46 @@ def _make_dataset(config: Any, *, start_batch: int):
         cache=d.cache,
         deterministic=d.deterministic,
         seed=config.seed,
+        skip_batches=start_batch,
+        stats=stats,
     )
-    if start_batch:
-        logging.info("Fast-forwarding the input pipeline by %d batches.", start_batch)
-        ds = ds.skip(start_batch)
-    return ds.as_numpy_iterator()
+    return ds.as_numpy_iterator(), stats
+
+
+def _next_batch(batches: Any) -> Any:
+    """The next host batch; a broken record (e.g. mask and image sizes differ) is a DataError."""
+    import tensorflow as tf
+
+    try:
+        return next(batches)
+    except tf.errors.InvalidArgumentError as e:
+        # tf.debugging.Assert messages name the record; keep the first line of TF's text.
+        lines = [x.strip() for x in str(e.message).splitlines() if x.strip()]
+        raise DataError(lines[0] if lines else str(e)) from None
+
+
+class DataError(RuntimeError):
+    """A record the input pipeline cannot use and must not skip silently (named in the text)."""
+
+
+def _skipped_images(stats: Any) -> int:
+    """Corrupt images skipped so far, summed over the hosts (a collective when multi-host)."""
+    local = int(stats.skipped)
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.int64(local))))
+
+
+def _check_remote_data_path(config: Any) -> None:
+    """``gs://``-style data paths are checked here (config.validate only sees local ones)."""
+    path = config.data.path
+    if path and config_lib.is_url(path):
+        from detcon_jax import input_pipeline
+
+        if not input_pipeline.data_dir_exists(path):
+            raise config_lib.ConfigError(config_lib.data_path_error(path))
 
 
 def _num_examples(config: Any) -> int:
@@ -189,13 +236,25 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def train(config: Any, workdir: str) -> int:
+def train(config: Any, workdir: str, *, stop: _StopRequest | None = None) -> int:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns exit code.
+
+    ``stop``: the SIGTERM watcher (made here when None; ``main`` makes it first thing, so
+    that a signal during start-up is not lost).
 
     Raises:
       ConfigError: for invalid configs, before anything is written.
+      DataError: a record the pipeline refuses (after the newest checkpoint was written).
     """
+    # Heavy libraries (orbax, flax, TensorFlow through clu) load only for a valid config, so
+    # that a bad flag fails within a second or two.
+    from detcon_jax import checkpoint as ckpt_lib
+    from detcon_jax import metrics as metrics_lib
+    from detcon_jax import sharding
+    from detcon_jax import step as step_lib
+
     config_lib.validate(config)
+    _check_remote_data_path(config)
     config_lib.validate_runtime(
         config, device_count=jax.device_count(), process_count=jax.process_count())
     signature = config_lib.model_signature(config)
@@ -237,10 +296,11 @@ def train(config: Any, workdir: str) -> int:
         logging.info("Resumed from %s at step %d.", ckpt_dir, start)
 
     train_step = sharding.jit_train_step(
-        step_lib.make_train_step(config, schedules, optimizer), mesh)
-    batches = _make_dataset(config, start_batch=data_position)
+        step_lib.make_train_step(config, schedules, optimizer,
+                                 num_devices=mesh.shape.get(sharding.DATA_AXIS, 1)), mesh)
+    batches, data_stats = _make_dataset(config, start_batch=data_position)
     writer = metrics_lib.create_writer(workdir, is_primary=is_primary, resume_step=start)
-    stop = _StopRequest()
+    stop = stop if stop is not None else _StopRequest()
 
     step = start
     last_saved = start
@@ -251,7 +311,7 @@ def train(config: Any, workdir: str) -> int:
                  "compiles.", start + 1, total_steps, jax.device_count(), jax.process_count())
     try:
         while step < total_steps:
-            batch = sharding.global_batch(next(batches), mesh)
+            batch = sharding.global_batch(_next_batch(batches), mesh)
             state, step_metrics = train_step(state, batch)
             step += 1
             pending.append((step, step_metrics))
@@ -281,6 +341,7 @@ def train(config: Any, workdir: str) -> int:
                 timer_step, timer = step, now
                 scalars["steps_per_s"] = steps_per_s
                 scalars["images_per_s"] = steps_per_s * config.batch_size
+                scalars["skipped_images"] = _skipped_images(data_stats)
                 writer.write_scalars(step, scalars)
                 eta = (total_steps - step) / steps_per_s if steps_per_s > 0 else 0.0
                 logging.info("step %d/%d  loss %.4f  lr %.4g  %.2f steps/s  %.1f img/s  ETA %s",
@@ -288,6 +349,9 @@ def train(config: Any, workdir: str) -> int:
                              scalars["images_per_s"], _format_eta(eta))
             pending.clear()
             if save:
+                # Metrics up to this step reach the disk with (before) its checkpoint, so a
+                # SIGKILL later leaves metrics.jsonl complete up to the newest checkpoint.
+                writer.flush()
                 checkpointer.save(step, state, data_position=data_position + step - start,
                                   force=True)
                 last_saved = step
@@ -315,9 +379,13 @@ def main(argv: list[str]) -> None:
     try:
         config_lib.validate(_CONFIG.value)  # before the distributed runtime starts
         _maybe_initialize_distributed()
-        code = train(_CONFIG.value, _WORKDIR.value)
+        stop = _StopRequest()
+        code = train(_CONFIG.value, _WORKDIR.value, stop=stop)
     except config_lib.ConfigError as e:
         _error_exit(str(e))
+    except DataError as e:
+        print(f"error: data: {e}", file=sys.stderr, flush=True)
+        code = EXIT_DATA_ERROR
     sys.exit(code)
 
 

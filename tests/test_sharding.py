@@ -12,35 +12,23 @@ un-adapted BatchNorm/bias updates by ~7x their size and fails this by orders of 
 
 from __future__ import annotations
 
-import os
 import pathlib
-import socket
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
+from cli_helpers import free_port, subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "train_driver.py"
 STEPS = 3
 
 
-def _env(devices: int | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("JAX_COMPILATION_CACHE_DIR",
-                   os.path.join(tempfile.gettempdir(), "detcon_jax_test_cache"))
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("XLA_FLAGS", None)
-    if devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
 def _run_driver(out: pathlib.Path, *, devices: int | None = None, extra: tuple = ()) -> None:
     cmd = [sys.executable, str(DRIVER), f"--out={out}", f"--steps={STEPS}", *extra]
-    proc = subprocess.run(cmd, env=_env(devices), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=subprocess_env(devices), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -70,21 +58,15 @@ def test_eight_devices_match_one_device(single_device_run, tmp_path):
     _assert_same_run(out, single_device_run)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process(single_device_run, tmp_path):
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "two.npz"
     procs = [
         subprocess.Popen(
             [sys.executable, str(DRIVER), f"--out={out}", f"--steps={STEPS}",
              "--num_processes=2", f"--process_id={i}", f"--port={port}"],
-            env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)
     ]
     logs = []

@@ -85,7 +85,8 @@ def main() -> None:
         lambda: step_lib.create_train_state(config, jax.random.PRNGKey(config.seed),
                                             optimizer=optimizer), mesh)
     train_step = sharding.jit_train_step(
-        step_lib.make_train_step(config, schedules, optimizer), mesh)
+        step_lib.make_train_step(config, schedules, optimizer,
+                                 num_devices=mesh.shape[sharding.DATA_AXIS]), mesh)
 
     rows = config.batch_size // jax.process_count()
     lo = jax.process_index() * rows
