@@ -6,16 +6,23 @@
 Thin on purpose: validate the config, start the distributed runtime when asked, build the
 mesh, state, step and input pipeline, then loop with logging and checkpoint cadence.
 
-Failure behaviour:
+Failure behaviour (docs/failure_behaviour.md states it for users):
 - a bad config or flag (unknown key, wrong type, batch size not divisible by the devices,
-  missing data directory, a workdir holding another model's checkpoint) prints one line
-  ``error: ...`` and exits with status 2 before anything is written;
+  missing data directory, local or ``gs://``, a workdir holding another model's
+  checkpoint) prints one line ``error: ...`` and exits with status 2 before anything is
+  written;
 - SIGTERM (preemption) saves a checkpoint at the current step and exits 0; with several
   processes, all of them agree on the step through JAX's preemption sync point;
+- SIGKILL at any moment: a restart resumes from the newest complete checkpoint (orbax
+  never exposes a partial one) and the data position, so at most one checkpoint interval
+  is lost and the result equals an uninterrupted run; metrics.jsonl is flushed with every
+  checkpoint and trimmed to the restored step;
 - a NaN/Inf loss (or gradient) stops training with a message naming the step and status
   1; no checkpoint is written after the last finite step, so the newest one is good;
-- a restart with the same workdir resumes from the newest complete checkpoint, including
-  the position in the data stream.
+- corrupt or truncated images are skipped, logged once by name and counted in the
+  ``skipped_images`` metric; a record the pipeline refuses (mask size differs from its
+  image, uint8 id overflow in a 16-bit id map) stops training with status 3 and a line
+  ``error: data: ...`` naming the record.
 """
 
 from __future__ import annotations
@@ -260,6 +267,12 @@ def train(config: Any, workdir: str, *, stop: _StopRequest | None = None) -> int
     signature = config_lib.model_signature(config)
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     ckpt_lib.check_workdir_compatible(ckpt_dir, signature)
+    if jax.process_count() > 1:
+        # Every host reads the workdir before any host writes to it (a host that looked
+        # after another created the checkpoint directory would take another code path).
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("detcon_jax.train: workdir checked")
     warmup_steps, total_steps = derive_steps(config, _num_examples(config))
 
     # Everything is valid: from here on the workdir is written.

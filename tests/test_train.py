@@ -14,7 +14,10 @@ one compiled step program, primed into the session's compilation cache by the fi
   step exactly once.
 - Bad configs and flags exit with status 2 and one line naming the key, writing nothing;
   so does a workdir holding another model's checkpoint.
-- SIGTERM checkpoints at the current step and exits 0.
+- SIGTERM checkpoints at the current step and exits 0. With two processes (jax.distributed
+  on 127.0.0.1, one device each): a SIGTERM to one of them stops both after the same step
+  (JAX's preemption sync point), which is checkpointed, and both exit 0; then a resumed
+  two-process run, SIGTERM to both, stops both at one later step.
 - A non-finite loss (labels beyond the classifier's classes make the probe's
   cross-entropy NaN) stops with status 1 naming the step; the newest checkpoint is intact.
 - Corrupt and truncated images of a ``folder`` source are skipped, logged once by file
@@ -39,13 +42,14 @@ from cli_helpers import (
     REPO,
     assert_same_state,
     checkpoint_steps,
+    free_port,
     load_state,
     run_cli,
     subprocess_env,
     train_command,
 )
 
-STEPS = 40
+STEPS = 64
 EVERY = 4
 # Flags shared by every run of this module (one compiled program for all of them).
 RUN = (f"--config.num_steps={STEPS}", f"--config.checkpoint.every_steps={EVERY}",
@@ -55,10 +59,10 @@ RUN = (f"--config.num_steps={STEPS}", f"--config.checkpoint.every_steps={EVERY}"
 class _Training:
     """A train CLI subprocess whose stderr is read in the background."""
 
-    def __init__(self, workdir: pathlib.Path, *flags: str):
+    def __init__(self, workdir: pathlib.Path, *flags: str, env: dict | None = None):
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            train_command(workdir, *flags), cwd=REPO, env=subprocess_env(),
+            train_command(workdir, *flags), cwd=REPO, env=env or subprocess_env(),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -150,12 +154,14 @@ def test_sigkill_five_times_then_resume_equals_uninterrupted(full_run, tmp_path)
             time.sleep(rng.uniform(1.0, 5.0))
         elif mode == "save":
             # Orbax writes a step into a temporary directory and renames it when complete.
-            run.wait_for(lambda after=newest_before: any(
+            # Kill during the second save of this run, so that the first one completes.
+            run.wait_for(lambda after=newest_before + EVERY: any(
                 name.split(".")[0].isdigit() and int(name.split(".")[0]) > after
                 for name in _temporary_checkpoints(ckpt_dir)))
         else:
-            run.wait_for(lambda r=run, after=newest_before: r.last_step() > after)
-            time.sleep(rng.uniform(0.0, 0.5))
+            target = newest_before + int(rng.integers(1, 2 * EVERY))
+            run.wait_for(lambda r=run, after=target: r.last_step() >= after)
+            time.sleep(rng.uniform(0.0, 0.25))
         assert run.proc.poll() is None, f"run finished before the {mode} kill"
         reached = run.last_step()
         run.finish(signal.SIGKILL)
@@ -167,6 +173,8 @@ def test_sigkill_five_times_then_resume_equals_uninterrupted(full_run, tmp_path)
         partial = _temporary_checkpoints(ckpt_dir)
         saw_partial += bool(partial)
         newest = (complete or [0])[-1]
+        print(f"{mode} kill: resumed at {newest_before}, reached {reached}, complete "
+              f"{complete}, partial {partial}")
         # At most one interval lost, plus the save that may still have been in flight.
         assert newest >= reached // EVERY * EVERY - EVERY, (mode, reached, complete)
         for step in complete:  # every complete checkpoint is loadable
@@ -304,3 +312,61 @@ def test_corrupt_images_are_skipped_logged_once_and_counted(full_run, tmp_path):
     # The source is cached after its first pass, so each bad file is met (and counted) once.
     assert all(x["skipped_images"] == 2 for x in lines), lines
     assert all(np.isfinite(x["loss"]) for x in lines)
+
+
+def _two_hosts(workdir: pathlib.Path, *flags: str) -> list[_Training]:
+    port = free_port()
+    return [
+        _Training(workdir, "--distributed", *flags, env=subprocess_env(
+            1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", DETCON_NUM_PROCESSES="2",
+            DETCON_PROCESS_ID=str(i)))
+        for i in range(2)
+    ]
+
+
+def _stop_steps(runs: list[_Training]) -> list[int]:
+    steps = []
+    for run in runs:
+        match = re.search(r"Stopping at step (\d+)", run.output())
+        assert match, run.output()[-4000:]
+        steps.append(int(match.group(1)))
+    return steps
+
+
+@pytest.mark.multiprocess
+def test_multihost_sigterm_every_host_stops_at_the_same_step(tmp_path):
+    workdir = tmp_path / "pod"
+    flags = ("--config.num_steps=1000", "--config.checkpoint.every_steps=1000")
+    runs = _two_hosts(workdir, *flags)
+    try:
+        for run in runs:
+            assert run.wait_for(lambda r=run: r.last_step() >= 2), run.output()[-4000:]
+        # A preemption notice reaches one host only.
+        runs[1].proc.send_signal(signal.SIGTERM)
+        codes = [run.finish() for run in runs]
+    finally:
+        for run in runs:
+            if run.proc.poll() is None:
+                run.proc.kill()
+    assert codes == [0, 0], [run.output()[-3000:] for run in runs]
+    first, second = _stop_steps(runs)
+    assert first == second >= 2
+    assert checkpoint_steps(workdir / "checkpoints") == [first]
+
+    # Resume on both hosts, then SIGTERM both (what a scheduler sends to a whole job).
+    runs = _two_hosts(workdir, *flags)
+    try:
+        for run in runs:
+            assert run.wait_for(lambda r=run: r.last_step() > first + 1), run.output()[-4000:]
+        for run in runs:
+            run.proc.send_signal(signal.SIGTERM)
+        codes = [run.finish() for run in runs]
+    finally:
+        for run in runs:
+            if run.proc.poll() is None:
+                run.proc.kill()
+    assert codes == [0, 0], [run.output()[-3000:] for run in runs]
+    assert all(f"at step {first}." in run.output() for run in runs)
+    stop_a, stop_b = _stop_steps(runs)
+    assert stop_a == stop_b > first
+    assert checkpoint_steps(workdir / "checkpoints") == [first, stop_a]
