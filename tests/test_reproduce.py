@@ -1,0 +1,166 @@
+"""The reproduction CLI end to end at the tiny budget on a few real CamVid / CIFAR-10 images."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from cli_helpers import REPO, subprocess_env
+
+from detcon_jax import reproduce
+
+NUM_CAMVID = {"train": 6, "val": 3}
+NUM_CIFAR = {"train": 4, "test": 2}  # per class; the tiny budget keeps 3 / 2 of them
+
+
+def _link_subset(source: pathlib.Path, dest: pathlib.Path, count: int, suffix: str = "") -> list:
+    dest.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in source.iterdir())[:count]
+    for name in names:
+        (dest / name).symlink_to(source / name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def tiny_data(data_dir: pathlib.Path, tmp_path_factory) -> dict[str, pathlib.Path]:
+    """Symlinked subsets: CamVid train/val (images + labels) and CIFAR-10 train/test."""
+    root = tmp_path_factory.mktemp("reproduce_data")
+    camvid = root / "camvid"
+    for split, count in NUM_CAMVID.items():
+        names = _link_subset(data_dir / "camvid" / split / "images", camvid / split / "images",
+                             count)
+        (camvid / split / "labels").mkdir(parents=True)
+        for name in names:
+            label = pathlib.Path(name).stem + ".png"
+            (camvid / split / "labels" / label).symlink_to(
+                data_dir / "camvid" / split / "labels" / label)
+    cifar = root / "cifar10"
+    for split, count in NUM_CIFAR.items():
+        for cls in sorted(p.name for p in (data_dir / "cifar10" / split).iterdir()):
+            _link_subset(data_dir / "cifar10" / split / cls, cifar / split / cls, count)
+    return {"camvid": camvid, "cifar10": cifar, "root": root}
+
+
+def _run(data: dict[str, pathlib.Path], out: pathlib.Path, *extra: str
+         ) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "detcon_jax.reproduce", f"--camvid={data['camvid']}",
+               f"--cifar10={data['cifar10']}", f"--out={out}", *extra]
+    return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
+    out = tiny_data["root"] / "out"
+    result = _run(tiny_data, out, "--budget=tiny")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_tiny_budget_end_to_end(tiny_run):
+    out, _ = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["budget"] == "tiny"
+    assert list(results["methods"]) == [m.name for m in reproduce.METHODS]
+    budget = reproduce.BUDGETS["tiny"]
+    for method in reproduce.METHODS:
+        row = results["methods"][method.name]
+        for probe in reproduce.PROBES:
+            assert math.isfinite(row[probe]) and 0.0 <= row[probe] <= 100.0, (method, probe)
+        evaluation = row["evaluation"]
+        # Subsets as the budget says: 3 / 2 images per class of the 4 / 2 linked.
+        assert evaluation["knn"]["num_train"] == 10 * budget.cifar_train_per_class
+        assert evaluation["linear"]["num_test"] == 10 * budget.cifar_test_per_class
+        # The folder has no test/: the segmentation probe is scored on val/.
+        assert evaluation["segmentation"]["test_split"] == "val"
+        assert evaluation["segmentation"]["num_train"] == NUM_CAMVID["train"]
+        workdir = pathlib.Path(row["workdir"])
+        if method.method is None:
+            assert (workdir / "checkpoints" / "0" / "state").is_dir()
+            assert row["final_loss"] is None
+        else:
+            assert (workdir / "checkpoints" / str(budget.num_steps) / "state").is_dir()
+            assert math.isfinite(row["final_loss"])
+            assert f"--config.method={method.method}" in row["train_command"]
+            lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+            assert [x["step"] for x in lines] == list(range(1, budget.num_steps + 1))
+    # Every claim has been evaluated to a boolean on our numbers.
+    assert results["claims"] and all(isinstance(c["holds"], bool) for c in results["claims"])
+    assert results["segmentation_split"] == "val"
+    for name in ("loss_curves.png", "probes.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    markdown = (out / "results.md").read_text()
+    for method in reproduce.METHODS:
+        assert f"| {method.label} |" in markdown, method.label
+    assert "CamVid train 6 → val 3" in markdown
+
+
+def test_rerun_skips_finished_stages(tiny_data, tiny_run):
+    out, _ = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")}
+    assert len(before) == len(reproduce.METHODS)
+    result = _run(tiny_data, out, "--budget=tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for method in reproduce.METHODS:
+        assert f"evaluate {method.name}: cached" in result.stdout
+    assert "train detcon_b_gt: final checkpoint (step 2) exists; skipped" in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_other_budget_in_same_out_is_refused(tiny_data, tiny_run):
+    out, _ = tiny_run
+    result = _run(tiny_data, out, "--budget=small")
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "budget 'tiny'" in result.stderr
+
+
+def test_bad_data_folder_is_one_line_error(tiny_data, tmp_path):
+    result = _run({"camvid": tmp_path / "missing", "cifar10": tiny_data["cifar10"]},
+                  tmp_path / "out", "--budget=tiny")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "missing/train/images" in result.stderr
+
+
+@pytest.mark.parametrize("budget", sorted(reproduce.BUDGETS))
+def test_every_budget_builds_valid_configs(budget, tiny_data):
+    """Each method's config (as the train CLI would build it) passes validation; only the
+    method and mask source differ between methods."""
+    train = str(tiny_data["camvid"] / "train")
+    configs = {m.name: reproduce.load_config(reproduce.BUDGETS[budget], m, train)
+               for m in reproduce.METHODS}
+    for name, config in configs.items():
+        assert config.num_steps == reproduce.BUDGETS[budget].num_steps
+        assert config.data.image_size == reproduce.BUDGETS[budget].image_size
+        reference = configs["detcon_b_gt"].to_dict()
+        mine = config.to_dict()
+        for key in ("method", "masks"):
+            reference.pop(key)
+            mine.pop(key)
+        assert mine == reference, name
+    assert configs["byol"].masks.source == "none" and configs["byol"].method == "byol"
+    assert configs["detcon_b_fh"].masks.source == "fh"
+
+
+def test_claims_on_known_numbers():
+    def row(linear, knn, seg):
+        return {"linear": linear, "knn": knn, "segmentation": seg}
+
+    methods = {
+        "detcon_b_gt": row(30, 30, 40), "detcon_b_fh": row(30, 30, 35),
+        "detcon_b_grid": row(30, 30, 36), "detcon_s_gt": row(20, 20, 20),
+        "byol": row(20, 20, 30), "simclr": row(10, 10, 25), "random": row(15, 15, 25),
+    }
+    claims = {c["claim"]: c["holds"] for c in reproduce.check_claims(methods)}
+    assert claims["DetCon-S (GT masks) beats random init on at least one probe"]
+    assert not claims["SimCLR beats random init on at least one probe"]  # 10/10/25 vs 15/15/25
+    assert claims["DetCon-B (FH masks) > BYOL (CamVid seg. probe mIoU (%))"]
+    assert not claims["DetCon-S (GT masks) > SimCLR (CamVid seg. probe mIoU (%))"]
+    assert claims["DetCon-B (GT masks) >= DetCon-B (FH masks) (CamVid seg. probe mIoU (%))"]
+    assert not claims[
+        "DetCon-B (FH masks) >= DetCon-B (grid masks) (CamVid seg. probe mIoU (%))"]
+    assert claims["DetCon-B (FH masks) >= DetCon-B (grid masks) (CIFAR-10 linear top-1 (%))"]
