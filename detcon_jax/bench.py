@@ -219,6 +219,9 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
     if batch_size % jax.device_count():
         raise ValueError(f"bench step: --batch_size={batch_size} is not divisible by the "
                          f"{jax.device_count()} devices")
+    if steps_per_run < 1 or repeats < 1:
+        raise ValueError(f"bench step: --steps_per_run={steps_per_run} and --repeats={repeats} "
+                         "must be >= 1")
     mesh = sharding.make_mesh()
     schedules = step_lib.make_schedules(config, total_steps=10_000, warmup_steps=100)
     optimizer = step_lib.make_optimizer(config, schedules)
@@ -317,6 +320,8 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
 
     from detcon_jax import losses, sharding
 
+    if repeats < 1:
+        raise ValueError(f"bench loss: --repeats={repeats} must be >= 1")
     mesh = sharding.make_mesh()
     num_devices = jax.device_count()
     global_batch = batch_per_device * num_devices

@@ -36,15 +36,18 @@ def _assert_positive(result, *keys):
             key, value)
 
 
-def test_step_smoke(repo_root):
-    result = _run(repo_root, "step", "--model=tiny", "--image_size=32", "--batch_size=4",
+def test_step_smoke_on_two_devices(repo_root):
+    # Two fake devices: the batch is sharded and BatchNorm/negatives span both, as in train.py.
+    result = _run(repo_root, "step", "--devices=2", "--model=tiny", "--image_size=32",
+                  "--batch_size=4",
                   "--mlp_hidden_size=32", "--projection_size=16", "--num_classes=10",
                   "--num_masks=4", "--repeats=2")
     _assert_positive(result, "img_per_s", "compile_s", "peak_rss_mb", "step_s", "num_devices")
     assert result["name"] == "train_step" and result["model"] == "tiny"
     assert result["batch_size"] == 4 and result["image_size"] == 32
     assert math.isfinite(result["first_loss"])
-    assert result["platform"] == "cpu" and "load_avg_1m" in result
+    assert result["platform"] == "cpu" and result["num_devices"] == 2
+    assert "load_avg_1m" in result
 
 
 def test_loss_smoke_on_two_devices(repo_root):
