@@ -5,6 +5,12 @@ different keys; after a step the target equals ``t + (1 - tau) (online_new - t)`
 ``tau = tau(step 0)``; the LARS count and the step advance together; the target's
 BatchNorm statistics move (it runs in train mode); the linear probe only counts examples
 with a label; the one-network methods carry no target.
+
+The step is jitted exactly as the train CLI does it (``sharding.jit_train_step`` on a
+1-device mesh, the smoke config, ``STEPS`` total steps as ``tests/test_train.py``), so
+with a persistent compilation cache (CI sets ``JAX_COMPILATION_CACHE_DIR``) the DetCon-B
+program compiled here is the one the CLI tests load. The step donates its input state, so
+each call gets a copy.
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import numpy as np
 import pytest
 
 from detcon_jax import config as config_lib
+from detcon_jax import sharding
 from detcon_jax import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TOTAL_STEPS = 10
+TOTAL_STEPS = 64  # test_train.STEPS: the same compiled program
 
 
 def _smoke_config():
@@ -31,14 +38,14 @@ def _smoke_config():
     return module.get_config()
 
 
-def _batch(labels: np.ndarray, size: int = 32, batch: int = 8) -> dict[str, jnp.ndarray]:
+def _batch(labels: np.ndarray, size: int = 32, batch: int = 8) -> dict[str, np.ndarray]:
     rs = np.random.RandomState(1)
     return {
-        "view1": jnp.asarray(rs.rand(batch, size, size, 3), jnp.float32),
-        "view2": jnp.asarray(rs.rand(batch, size, size, 3), jnp.float32),
-        "mask1": jnp.asarray(rs.randint(0, 4, (batch, size, size, 1)), jnp.uint8),
-        "mask2": jnp.asarray(rs.randint(0, 4, (batch, size, size, 1)), jnp.uint8),
-        "label": jnp.asarray(labels, jnp.int32),
+        "view1": rs.rand(batch, size, size, 3).astype(np.float32),
+        "view2": rs.rand(batch, size, size, 3).astype(np.float32),
+        "mask1": rs.randint(0, 4, (batch, size, size, 1)).astype(np.uint8),
+        "mask2": rs.randint(0, 4, (batch, size, size, 1)).astype(np.uint8),
+        "label": np.asarray(labels, np.int32),
     }
 
 
@@ -51,8 +58,20 @@ def _setup(method: str = "detcon_b"):
     # No warm-up: lr(0) > 0, so the first update moves the online parameters.
     schedules = step_lib.make_schedules(config, total_steps=TOTAL_STEPS, warmup_steps=0)
     optimizer = step_lib.make_optimizer(config, schedules)
-    state = step_lib.create_train_state(config, jax.random.PRNGKey(0), optimizer=optimizer)
-    train_step = jax.jit(step_lib.make_train_step(config, schedules, optimizer))
+    mesh = sharding.make_mesh({sharding.DATA_AXIS: 1}, devices=jax.devices()[:1])
+
+    def create():  # as the train CLI creates its state (seed 0)
+        return step_lib.create_train_state(
+            config, jax.random.PRNGKey(config.seed), optimizer=optimizer)
+
+    state = sharding.create_sharded(create, mesh)
+    jitted = sharding.jit_train_step(
+        step_lib.make_train_step(config, schedules, optimizer, num_devices=1), mesh)
+
+    def train_step(state, batch):
+        # The jitted step donates its state: keep the caller's copy alive.
+        return jitted(jax.tree.map(jnp.copy, state), sharding.global_batch(batch, mesh))
+
     return config, schedules, state, train_step
 
 

@@ -194,6 +194,8 @@ def test_sigkill_five_times_then_resume_equals_uninterrupted(full_run, tmp_path)
     (("--config.model.dpeth=3",), None, "dpeth"),
     (("--config.batch_size=12",), 8, "batch_size"),
     (("--config.data.path=/nonexistent/detcon/data",), None, "data.path"),
+    # Remote paths skip the local check; tf.io.gfile finds no such file system here.
+    (("--config.data.path=nosuchfs://bucket/detcon/data",), None, "data.path"),
     (("--config.masks.source=none",), None, "masks.source"),
     (("--config.batch_size=abc",), None, "batch_size"),
 ])
@@ -370,3 +372,41 @@ def test_multihost_sigterm_every_host_stops_at_the_same_step(tmp_path):
     stop_a, stop_b = _stop_steps(runs)
     assert stop_a == stop_b > first
     assert checkpoint_steps(workdir / "checkpoints") == [first, stop_a]
+
+
+def test_refused_record_stops_with_status_3_naming_it(tmp_path):
+    # A ground-truth mask whose size differs from its image: not skipped, reported.
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rs = np.random.RandomState(0)
+    for i in range(4):
+        (root / "images" / f"im{i}.png").write_bytes(
+            _image_bytes(rs.randint(0, 256, (40, 48, 3)).astype(np.uint8), "PNG"))
+        shape = (40, 48) if i else (24, 48)
+        (root / "labels" / f"im{i}.png").write_bytes(
+            _image_bytes(rs.randint(0, 5, shape).astype(np.uint8), "PNG"))
+    workdir = tmp_path / "work"
+    proc = run_cli(workdir, *RUN, "--config.data.source=folder", f"--config.data.path={root}",
+                   "--config.masks.source=gt", "--config.data.num_examples=64")
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    errors = [x for x in proc.stderr.splitlines() if x.startswith("error: data:")]
+    assert len(errors) == 1 and "im0.png" in errors[0], proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr
+    assert checkpoint_steps(workdir / "checkpoints") == []
+
+
+def test_sixteen_bit_id_map_with_ids_beyond_uint8_names_the_record(tmp_path):
+    import tensorflow as tf
+
+    from detcon_jax import input_pipeline
+
+    ids = np.arange(40 * 48, dtype=np.uint16).reshape(40, 48, 1) % 300
+    data = tf.io.encode_png(tf.constant(ids)).numpy()
+    small = tf.io.encode_png(tf.constant(ids % 200)).numpy()
+    # 16-bit maps with ids < 256 decode to the same ids (decode_png alone would rescale).
+    np.testing.assert_array_equal(input_pipeline.decode_id_png(small, "ok.png").numpy(),
+                                  ids % 200)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        input_pipeline.decode_id_png(data, "labels/x.png").numpy()
+    assert "overflow uint8" in str(error.value) and "labels/x.png" in str(error.value)
