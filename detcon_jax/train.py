@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -129,9 +130,16 @@ def derive_steps(config: Any, images_per_epoch: int) -> tuple[int, int]:
     """(warmup_steps, total_steps) from epochs, data-set size and the global batch."""
     from detcon_jax import optim
 
-    warmup, total = optim.derive_steps(
-        num_epochs=config.num_epochs, images_per_epoch=images_per_epoch,
-        batch_size=config.batch_size)
+    try:
+        warmup, total = optim.derive_steps(
+            num_epochs=config.num_epochs, images_per_epoch=images_per_epoch,
+            batch_size=config.batch_size)
+    except ValueError as e:  # fewer images than one global batch
+        if config.num_steps is None:
+            raise config_lib.ConfigError(
+                f"config key 'batch_size': {' '.join(str(e).split())} (set num_steps or "
+                "data.num_examples, or use more data)") from None
+        warmup, total = 0, config.num_steps
     if config.optim.warmup_epochs is not None:
         warmup = config.optim.warmup_epochs * images_per_epoch // config.batch_size
     if config.num_steps is not None:
@@ -190,7 +198,8 @@ def _next_batch(batches: Any) -> Any:
         return next(batches)
     except tf.errors.InvalidArgumentError as e:
         # tf.debugging.Assert messages name the record; keep the first line of TF's text.
-        lines = [x.strip() for x in str(e.message).splitlines() if x.strip()]
+        text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e.message))
+        lines = [x.strip() for x in text.splitlines() if x.strip()]
         raise DataError(lines[0] if lines else str(e)) from None
 
 
