@@ -28,6 +28,9 @@ Every pretraining is the training CLI run as a subprocess, exactly as a user wou
 in ``results.json``). The random-initialisation baseline is the initial state of that config
 (the online network every BYOL-style run starts from), saved as a step-0 checkpoint.
 
+``--jobs=N`` runs N pretrainings at once (each is its own process; useful on a many-core CPU,
+where one XLA:CPU program does not use every core).
+
 Resuming: a run that is interrupted can be started again with the same arguments. Methods
 whose workdir holds the final checkpoint are not trained again (an unfinished one resumes
 from its newest checkpoint), and probe results cached in ``OUT/NAME/eval.json`` are reused.
@@ -58,6 +61,7 @@ quoted beside them only qualitatively.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import importlib.util
@@ -679,6 +683,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated subset of the methods (default: all); the "
                              "report needs all of them")
     parser.add_argument("--seed", type=int, default=0, help="probe seed")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="pretrainings run at once (a many-core CPU; keep 1 on one "
+                             "accelerator); with more than 1 every method is pretrained "
+                             "before the probes start")
     return parser
 
 
@@ -686,6 +694,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs every stage for parsed ``args``; returns the results written to results.json."""
     wall_start = time.perf_counter()
     budget = BUDGETS[args.budget]
+    if args.jobs < 1:
+        raise ReproduceError(f"--jobs must be >= 1, got {args.jobs}")
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     unknown = sorted(set(names) - {m.name for m in METHODS})
     if unknown:
@@ -713,6 +723,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
          f"images; CIFAR-10 {cifar_counts['train']} / {cifar_counts['test']}; CamVid probe on "
          f"{seg_split}")
 
+    if args.jobs > 1:
+        # Pretrain first, several at once; the loop below then finds them finished.
+        trainable = [m for m in chosen if m.method is not None]
+        _log(f"pretraining {len(trainable)} methods, {args.jobs} at a time")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(_train, budget, m, camvid_train, os.path.join(out, m.name))
+                       for m in trainable]
+            for future in futures:
+                future.result()
     rows: dict[str, dict[str, Any]] = {}
     for method in chosen:
         stage_start = time.perf_counter()

@@ -56,7 +56,7 @@ def _run(data: dict[str, pathlib.Path], out: pathlib.Path, *extra: str
 @pytest.fixture(scope="module")
 def tiny_run(tiny_data) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
     out = tiny_data["root"] / "out"
-    result = _run(tiny_data, out, "--budget=tiny")
+    result = _run(tiny_data, out, "--budget=tiny", "--jobs=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result
 
