@@ -191,12 +191,13 @@ def _make_dataset(config: Any, *, start_batch: int):
 
 
 def _next_batch(batches: Any) -> Any:
-    """The next host batch; a broken record (e.g. mask and image sizes differ) is a DataError."""
+    """The next host batch; a refused record (mask and image sizes differ) or a corrupt
+    TFRecord shard (truncated, bad checksum) is a `DataError`."""
     import tensorflow as tf
 
     try:
         return next(batches)
-    except tf.errors.InvalidArgumentError as e:
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as e:
         # tf.debugging.Assert messages name the record; keep the first line of TF's text.
         text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", str(e.message))
         lines = [x.strip() for x in text.splitlines() if x.strip()]
