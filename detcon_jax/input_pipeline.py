@@ -136,6 +136,27 @@ def _uniform(shape, minval, maxval, dtype, seed):
     return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=dtype)
 
 
+_LOG_RATIO = (float(np.log(3 / 4)), float(np.log(4 / 3)))
+
+
+def _windows_from_uniforms(shape: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    """``[N, 4]`` crop windows from ``[N, >=4]`` uniforms in [0, 1) (columns: area, log aspect
+    ratio, horizontal offset, vertical offset), with the official recipe: area in [0.08, 1] of
+    the image, log aspect ratio in [log 3/4, log 4/3], one draw clipped to the image."""
+    height, width = shape[0], shape[1]
+    area = tf.cast(height * width, tf.float32)
+    target_area = (0.08 + (1.0 - 0.08) * u[:, 0]) * area
+    aspect_ratio = tf.exp(_LOG_RATIO[0] + (_LOG_RATIO[1] - _LOG_RATIO[0]) * u[:, 1])
+    w = tf.minimum(tf.cast(tf.round(tf.sqrt(target_area * aspect_ratio)), tf.int32), width)
+    h = tf.minimum(tf.cast(tf.round(tf.sqrt(target_area / aspect_ratio)), tf.int32), height)
+    # Offsets uniform over the W - w + 1 (H - h + 1) positions; the minimum guards u -> 1.
+    offset_w = tf.minimum(tf.cast(u[:, 2] * tf.cast(width - w + 1, tf.float32), tf.int32),
+                          width - w)
+    offset_h = tf.minimum(tf.cast(u[:, 3] * tf.cast(height - h + 1, tf.float32), tf.int32),
+                          height - h)
+    return tf.stack([offset_h, offset_w, h, w], axis=1)
+
+
 def random_crop_window(shape: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Random ``[offset_h, offset_w, h, w]`` as the official code: one draw, clipped, no retry.
 
@@ -143,19 +164,7 @@ def random_crop_window(shape: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Te
       shape: int32 ``[H, W]`` of the full image.
       seed: optional ``[2]`` int seed for stateless sampling; stateful ops when None.
     """
-    seeds = [None] * 4 if seed is None else tf.unstack(tf.random.split(seed, 4))
-    height, width = shape[0], shape[1]
-    area = tf.cast(height * width, tf.float32)
-    target_area = _uniform([], 0.08, 1.0, tf.float32, seeds[0]) * area
-    log_ratio = (float(np.log(3 / 4)), float(np.log(4 / 3)))
-    aspect_ratio = tf.exp(_uniform([], log_ratio[0], log_ratio[1], tf.float32, seeds[1]))
-    w = tf.cast(tf.round(tf.sqrt(target_area * aspect_ratio)), tf.int32)
-    h = tf.cast(tf.round(tf.sqrt(target_area / aspect_ratio)), tf.int32)
-    w = tf.minimum(w, width)
-    h = tf.minimum(h, height)
-    offset_w = _uniform([], 0, width - w + 1, tf.int32, seeds[2])
-    offset_h = _uniform([], 0, height - h + 1, tf.int32, seeds[3])
-    return tf.stack([offset_h, offset_w, h, w])
+    return _windows_from_uniforms(shape, _uniform([1, 4], 0.0, 1.0, tf.float32, seed))[0]
 
 
 def center_crop_window(shape: tf.Tensor, image_size: int, crop_padding: int = 32) -> tf.Tensor:
@@ -181,9 +190,13 @@ def _crop(x: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
 
 
 class _Source:
-    """An image to crop views from: JPEG bytes are decoded per view with
-    ``decode_and_crop_jpeg`` (as the official code: only the window is decoded); other
-    formats, or already decoded images, are decoded once and sliced."""
+    """An image to crop views from, decoded once.
+
+    JPEG bytes are decoded with ``decode_and_crop_jpeg`` restricted to the bounding box of all
+    the views' windows (at most one full decode; two partial decodes of one image cost more
+    than one full decode, since the entropy decoding of every row above a window's bottom edge
+    is paid each time). Other formats, or already decoded images, are decoded once in full.
+    """
 
     def __init__(self, image: tf.Tensor):
         image = tf.convert_to_tensor(image)
@@ -198,29 +211,70 @@ class _Source:
         self.shape = tf.cond(self.is_jpeg, lambda: tf.image.extract_jpeg_shape(image)[:2],
                              lambda: tf.shape(self.full)[:2])
 
-    def crop(self, window: tf.Tensor) -> tf.Tensor:
+    def region(self, windows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Pixels covering every ``[N, 4]`` window, and the ``[2]`` offset of their origin."""
         if self.bytes is None:
-            return _crop(self.full, window)
-        cropped = tf.cond(
-            self.is_jpeg, lambda: tf.io.decode_and_crop_jpeg(self.bytes, window, channels=3),
-            lambda: _crop(self.full, window))
-        cropped.set_shape([None, None, 3])
-        return cropped
+            return self.full, tf.zeros([2], tf.int32)
+        top = tf.reduce_min(windows[:, :2], axis=0)
+        bottom = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
+        box = tf.concat([top, bottom - top], axis=0)
+        pixels, origin = tf.cond(
+            self.is_jpeg,
+            lambda: (tf.io.decode_and_crop_jpeg(self.bytes, box, channels=3), top),
+            lambda: (self.full, tf.zeros([2], tf.int32)))
+        pixels.set_shape([None, None, 3])
+        return pixels, origin
 
 
-def _resize_view(source, mask, window, flip, image_size):
-    image = source.crop(window)
-    mask = _crop(mask, window)
+def _nearest_index(offset: tf.Tensor, length: tf.Tensor, size: int,
+                   flip: tf.Tensor | None = None) -> tf.Tensor:
+    """Source indices of ``tf.image.resize(..., NEAREST_NEIGHBOR)`` from ``length`` to ``size``
+    (half-pixel centres; the same float32 arithmetic as TensorFlow's kernel, so the selected
+    pixels are identical), optionally of the left-right flipped source, shifted by ``offset``."""
+    scale = tf.cast(length, tf.float32) / size
+    index = tf.cast(tf.floor((tf.range(size, dtype=tf.float32) + 0.5) * scale), tf.int32)
+    index = tf.minimum(index, length - 1)
+    if flip is not None:
+        index = tf.where(flip, length - 1 - index, index)
+    return offset + index
+
+
+def _resize_mask(mask: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: int) -> tf.Tensor:
+    """Crop, optional flip and nearest resize of a uint8 ``[H, W, 1]`` mask in two row gathers.
+
+    Equal to cropping, flipping and ``tf.image.resize(NEAREST_NEIGHBOR)``; gathering whole rows
+    (and, after a transpose, whole columns) avoids TensorFlow's per-pixel copy loops for
+    one-byte elements, ~5x cheaper.
+    """
+    rows = tf.gather(mask[..., 0], _nearest_index(window[0], window[2], size))
+    cols = tf.gather(tf.transpose(rows), _nearest_index(window[1], window[3], size, flip))
+    return tf.transpose(cols)[..., None]
+
+
+def _resize_image(pixels: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: int) -> tf.Tensor:
+    """Crop, optional flip, bicubic resize (half-pixel centres) and clip to [0, 1]."""
+    image = _crop(pixels, window)
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-    mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
-    image = tf.image.resize(image, [image_size, image_size], tf.image.ResizeMethod.BICUBIC)
+    # Casting first is exact (uint8 -> float32) and faster than the kernel's per-tap casts.
+    image = tf.raw_ops.ResizeBicubic(images=tf.cast(image, tf.float32)[None], size=[size, size],
+                                     half_pixel_centers=True)[0]
     # Bicubic overshoots outside [0, 255].
     image = tf.clip_by_value(image / 255.0, 0.0, 1.0)
-    mask = tf.image.resize(mask, [image_size, image_size],
-                           tf.image.ResizeMethod.NEAREST_NEIGHBOR)
-    image.set_shape([image_size, image_size, 3])
-    mask.set_shape([image_size, image_size, 1])
-    return image, mask
+    image.set_shape([size, size, 3])
+    return image
+
+
+def _views(source: _Source, mask: tf.Tensor, windows: tf.Tensor, flips: tf.Tensor,
+           image_size: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    pixels, origin = source.region(windows)
+    origin = tf.concat([origin, [0, 0]], 0)
+    out = []
+    for i in range(windows.shape[0]):
+        image = _resize_image(pixels, windows[i] - origin, flips[i], image_size)
+        view_mask = _resize_mask(mask, windows[i], flips[i], image_size)
+        view_mask.set_shape([image_size, image_size, 1])
+        out.append((image, view_mask))
+    return out
 
 
 def _prepare_mask(mask: tf.Tensor | None, shape: tf.Tensor, name: tf.Tensor | str) -> tf.Tensor:
@@ -250,6 +304,9 @@ def two_views(
 ) -> dict[str, tf.Tensor]:
     """Two independently cropped and flipped views of one image with their masks.
 
+    Each view draws its own crop window (official recipe, see ``random_crop_window``) and
+    flip; the image is decoded once for both (see ``_Source``).
+
     Args:
       image_bytes: encoded JPEG/PNG bytes, or an already decoded uint8 ``[H, W, 3]`` image.
       mask: integer id map ``[H, W]`` or ``[H, W, 1]`` of the full image, or None (zeros).
@@ -263,19 +320,14 @@ def two_views(
       ``[S, S, 1]``.
     """
     source = _Source(image_bytes)
-    shape = source.shape
-    mask = _prepare_mask(mask, shape, name)
-    view_seeds = [None, None] if seed is None else tf.unstack(tf.random.split(seed, 2))
-    out = {}
-    for i, view_seed in enumerate(view_seeds, start=1):
-        crop_seed, flip_seed = (None, None) if view_seed is None else tf.unstack(
-            tf.random.split(view_seed, 2))
-        window = random_crop_window(shape, crop_seed)
-        flip = tf.constant(False)
-        if random_flip:
-            flip = tf.less(_uniform([], 0.0, 1.0, tf.float32, flip_seed), 0.5)
-        out[f"view{i}"], out[f"mask{i}"] = _resize_view(source, mask, window, flip, image_size)
-    return out
+    mask = _prepare_mask(mask, source.shape, name)
+    # One draw of every random number of both views (crop: 4 per view, flip: 1 per view).
+    u = _uniform([2, 5], 0.0, 1.0, tf.float32, seed)
+    windows = _windows_from_uniforms(source.shape, u)
+    flips = u[:, 4] < 0.5 if random_flip else tf.zeros([2], tf.bool)
+    views = _views(source, mask, windows, flips, image_size)
+    return {"view1": views[0][0], "mask1": views[0][1],
+            "view2": views[1][0], "mask2": views[1][1]}
 
 
 def one_view(
@@ -302,13 +354,12 @@ def one_view(
     elif crop == "resize":
         window = tf.stack([0, 0, shape[0], shape[1]])
     elif crop == "random":
-        crop_seed, flip_seed = (None, None) if seed is None else tf.unstack(
-            tf.random.split(seed, 2))
-        window = random_crop_window(shape, crop_seed)
-        flip = tf.less(_uniform([], 0.0, 1.0, tf.float32, flip_seed), 0.5)
+        u = _uniform([1, 5], 0.0, 1.0, tf.float32, seed)
+        window = _windows_from_uniforms(shape, u)[0]
+        flip = u[0, 4] < 0.5
     else:
         raise ValueError(f"crop must be center, random or resize, got {crop!r}")
-    return _resize_view(source, mask, window, flip, image_size)
+    return _views(source, mask, window[None], flip[None], image_size)[0]
 
 
 # ---------------------------------------------------------------------------------------------
