@@ -683,6 +683,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated subset of the methods (default: all); the "
                              "report needs all of them")
     parser.add_argument("--seed", type=int, default=0, help="probe seed")
+    parser.add_argument("--num_steps", type=int, default=None,
+                        help="pretraining steps of every method (default: the budget's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="pretrainings run at once (a many-core CPU; keep 1 on one "
                              "accelerator); with more than 1 every method is pretrained "
@@ -696,6 +698,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     budget = BUDGETS[args.budget]
     if args.jobs < 1:
         raise ReproduceError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.num_steps is not None:
+        if args.num_steps < 1:
+            raise ReproduceError(f"--num_steps must be >= 1, got {args.num_steps}")
+        budget = dataclasses.replace(budget, num_steps=args.num_steps)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     unknown = sorted(set(names) - {m.name for m in METHODS})
     if unknown:
@@ -708,10 +714,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     run_info_path = os.path.join(out, "run_info.json")
     previous = _read_json(run_info_path)
-    if previous and previous.get("budget") != budget.name:
-        raise ReproduceError(f"--out={out} holds a run of budget {previous.get('budget')!r}, "
-                             f"not {budget.name!r}; use another --out")
-    _write_json(run_info_path, {"budget": budget.name, "camvid": camvid,
+    if previous and (previous.get("budget"), previous.get("num_steps", budget.num_steps)) != (
+            budget.name, budget.num_steps):
+        raise ReproduceError(f"--out={out} holds a run of budget {previous.get('budget')!r} "
+                             f"with {previous.get('num_steps')} steps, not {budget.name!r} with "
+                             f"{budget.num_steps}; use another --out")
+    _write_json(run_info_path, {"budget": budget.name, "num_steps": budget.num_steps,
+                                "camvid": camvid,
                                 "cifar10": os.path.abspath(args.cifar10)})
     cifar_dir, cifar_counts = _cifar_subset(os.path.abspath(args.cifar10), budget, out)
     seg_split = "test" if os.path.isdir(os.path.join(camvid, "test", "images")) else "val"
@@ -772,6 +781,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": shlex.join([os.path.basename(sys.executable), "-m", "detcon_jax.reproduce",
                                f"--camvid={args.camvid}", f"--cifar10={args.cifar10}",
                                f"--out={args.out}", f"--budget={budget.name}"]
+                              + ([f"--num_steps={args.num_steps}"] if args.num_steps else [])
                               + ([f"--methods={args.methods}"] if len(chosen) < len(METHODS)
                                  else [])),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -116,7 +116,7 @@ def test_other_budget_in_same_out_is_refused(tiny_data, tiny_run):
     out, _ = tiny_run
     result = _run(tiny_data, out, "--budget=small")
     assert result.returncode == 2
-    assert "error:" in result.stderr and "budget 'tiny'" in result.stderr
+    assert "error:" in result.stderr and "budget 'tiny' with 2 steps" in result.stderr
 
 
 def test_bad_data_folder_is_one_line_error(tiny_data, tmp_path):
