@@ -445,16 +445,19 @@ def _evaluate(budget: Budget, method: Method, workdir: str, step: int, cifar_dir
     if "linear" in missing or "knn" in missing:
         start = time.perf_counter()
         backbone, _ = features.load_backbone(workdir, step=step)
+        num_classes = len([c for c in os.listdir(os.path.join(cifar_dir, "train"))
+                           if os.path.isdir(os.path.join(cifar_dir, "train", c))])
         data = common.ClassificationData(
             data=cifar_dir, source="folder", image_size=budget.cifar_image_size,
-            batch_size=budget.eval_batch_size, crop_padding=0, num_classes=10)
+            batch_size=budget.eval_batch_size, crop_padding=0,
+            num_classes=num_classes)
         train_x, train_y = data.features(backbone, split="train")
         test_x, test_y = data.features(backbone, split="test")
         split = {"data": cifar_dir, "train_split": "train", "test_split": "test",
                  "num_train": int(len(train_y)), "num_test": int(len(test_y)),
                  "image_size": budget.cifar_image_size}
         top1 = knn.knn_top1(train_x, train_y, test_x, test_y, k=budget.knn_k,
-                            temperature=0.07, num_classes=10)
+                            temperature=0.07, num_classes=num_classes)
         cache["knn"] = {"top1": top1, "k": budget.knn_k, "temperature": 0.07, **split}
         _log(f"evaluate {method.name}: CIFAR-10 k-NN top-1 {top1:.2f}%")
         probe_x = train_x
@@ -463,7 +466,7 @@ def _evaluate(budget: Budget, method: Method, workdir: str, step: int, cifar_dir
                                               passes=budget.linear_augment_passes, seed=seed)
         result = linear.linear_probe_protocol(
             probe_x, train_y, test_x, test_y, heldout_x=train_x,
-            learning_rates=budget.linear_learning_rates, seed=seed, num_classes=10,
+            learning_rates=budget.linear_learning_rates, seed=seed, num_classes=num_classes,
             num_epochs=budget.linear_epochs, batch_size=budget.linear_batch_size)
         cache["linear"] = {"top1": result["top1"], "learning_rate": result["learning_rate"],
                            "sweep": result["sweep"], "epochs": budget.linear_epochs,
