@@ -233,7 +233,8 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
     batch = sharding.global_batch(
         synthetic_batch(batch_size, image_size, num_classes=config.model.num_classes), mesh)
     train_step = sharding.jit_train_step(
-        step_lib.make_train_step(config, schedules, optimizer), mesh)
+        step_lib.make_train_step(config, schedules, optimizer, num_devices=mesh.shape["data"]),
+        mesh)
 
     _log("step: compiling")
     start = time.perf_counter()
