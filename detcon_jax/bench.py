@@ -385,14 +385,14 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
 # --------------------------------------------------------------------------------------
 
 
-def bench_pipeline(*, image_size: int = 224, batch_size: int = 32, num_batches: int = 20
-                   ) -> dict[str, Any]:
+def bench_pipeline(*, image_size: int = 224, batch_size: int = 32, num_batches: int = 50,
+                   threads: int | None = None) -> dict[str, Any]:
     """Images/s of the tf.data pre-training pipeline (``bench_input.bench_pipeline``)."""
     from detcon_jax import bench_input
 
     _log(f"pipeline: {image_size}px, batch {batch_size}, {num_batches} batches")
     result = bench_input.bench_pipeline(batch_size=batch_size, image_size=image_size,
-                                        num_batches=num_batches)
+                                        num_batches=num_batches, threads=threads)
     return {**result, "peak_rss_mb": _peak_rss_mb(), **_host_info()}
 
 
@@ -453,7 +453,9 @@ def _parser() -> argparse.ArgumentParser:
                               help="tf.data two views + masks from JPEG bytes")
     pipeline.add_argument("--image_size", type=int, default=224)
     pipeline.add_argument("--batch_size", type=int, default=32)
-    pipeline.add_argument("--num_batches", type=int, default=20)
+    pipeline.add_argument("--num_batches", type=int, default=50)
+    pipeline.add_argument("--threads", type=int, default=None,
+                          help="tf.data private thread pool size (default: TensorFlow's)")
 
     fh = sub.add_parser("fh", parents=[common], help="Felzenszwalb-Huttenlocher mask generation")
     fh.add_argument("--workers", type=int, default=1)
@@ -526,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             compare_direct=args.compare_direct)
     elif args.what == "pipeline":
         result = bench_pipeline(image_size=args.image_size, batch_size=args.batch_size,
-                                num_batches=args.num_batches)
+                                num_batches=args.num_batches, threads=args.threads)
     else:
         result = bench_fh(workers=args.workers, repeats=args.repeats)
     print(json.dumps({k: _round(v) for k, v in result.items()}), flush=True)

@@ -194,6 +194,30 @@ def _init_worker(settings: list[Setting]) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+# Thread pools of the numerical libraries a worker loads: one thread each, since the process
+# pool is the parallelism (N workers x N threads would oversubscribe the cores).
+_SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                      "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+
+def make_pool(workers: int, settings: Sequence[Setting]):
+    """A spawned pool of ``workers`` processes ready for ``process_item``, one thread each."""
+    ctx = multiprocessing.get_context("spawn")  # fork after TF start-up is unsafe
+    saved = {k: os.environ.get(k) for k in _SINGLE_THREAD_ENV}
+    # Spawned children read the environment when they start (before ``_init_worker`` runs,
+    # since unpickling the task function imports numpy).
+    os.environ.update({k: "1" for k in _SINGLE_THREAD_ENV})
+    try:
+        return ctx.Pool(workers, initializer=_init_worker,
+                        initargs=([(float(s), int(m)) for s, m in settings],))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _image_format(data: bytes) -> str:
     return "PNG" if data[:8] == b"\x89PNG\r\n\x1a\n" else "JPEG"
 
@@ -306,10 +330,7 @@ def generate(
         return [next(record_iter) for _ in range(bounds[s + 1] - bounds[s])]
 
     workers = os.cpu_count() if workers is None else workers
-    pool = None
-    if workers > 1 and todo:
-        ctx = multiprocessing.get_context("spawn")  # fork after TF start-up is unsafe
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(settings,))
+    pool = make_pool(workers, settings) if workers > 1 and todo else None
 
     def run(batch: list[Item]):
         if pool is not None:

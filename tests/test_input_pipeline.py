@@ -354,3 +354,42 @@ def test_eval_random_crop_pass_keeps_file_order(data_dir):
     assert not np.array_equal(a["image"].numpy(), c["image"].numpy())
     files, labels, classes = ip.class_folder_files(data_dir / "cifar10" / "test")
     assert classes[0] == "airplane" and labels[:50] == a["label"].numpy().tolist()
+
+
+def test_mask_resize_equals_crop_flip_and_tf_nearest_resize():
+    # The row-gather resize must pick exactly the pixels of crop -> flip -> tf.image.resize
+    # (NEAREST_NEIGHBOR, half-pixel centres), the official mask path.
+    rng = np.random.default_rng(0)
+    mask = tf.constant(rng.integers(0, 256, (75, 100, 1)).astype(np.uint8))
+    for _ in range(60):
+        h, w = int(rng.integers(1, 76)), int(rng.integers(1, 101))
+        oh, ow = int(rng.integers(0, 76 - h)), int(rng.integers(0, 101 - w))
+        flip, size = bool(rng.integers(2)), int(rng.choice([7, 32, 96, 224]))
+        reference = mask[oh:oh + h, ow:ow + w]
+        if flip:
+            reference = tf.reverse(reference, [1])
+        reference = tf.image.resize(reference, [size, size], "nearest")
+        ours = ip._resize_mask(mask, tf.constant([oh, ow, h, w]), tf.constant(flip), size)
+        np.testing.assert_array_equal(ours.numpy(), reference.numpy())
+
+
+def test_two_views_decode_once_matches_per_view_pipeline():
+    # Decoding the windows' bounding box once and slicing gives the views of a full decode
+    # cropped per window (the official per-view path, up to JPEG edge effects, is checked
+    # above): bicubic of the same pixels, clipped, and the same masks.
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (90, 120, 3)).astype(np.uint8)
+    ids = rng.integers(0, 20, (90, 120)).astype(np.uint8)
+    png = tf.io.encode_png(image)
+    seed = tf.constant([4, 2])
+    out = ip.two_views(png, ids, image_size=SIZE, seed=seed)
+    u = tf.random.stateless_uniform([2, 5], seed)
+    windows = ip._windows_from_uniforms(tf.constant([90, 120]), u).numpy()
+    for i, (oh, ow, h, w) in enumerate(windows):
+        crop, mask = image[oh:oh + h, ow:ow + w], ids[oh:oh + h, ow:ow + w, None]
+        if u[i, 4] < 0.5:
+            crop, mask = crop[:, ::-1], mask[:, ::-1]
+        view = tf.clip_by_value(tf.image.resize(crop, [SIZE, SIZE], "bicubic") / 255.0, 0, 1)
+        np.testing.assert_array_equal(out[f"view{i + 1}"].numpy(), view.numpy())
+        np.testing.assert_array_equal(out[f"mask{i + 1}"].numpy(),
+                                      tf.image.resize(mask, [SIZE, SIZE], "nearest").numpy())
