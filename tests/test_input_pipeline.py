@@ -393,3 +393,16 @@ def test_two_views_decode_once_matches_per_view_pipeline():
         np.testing.assert_array_equal(out[f"view{i + 1}"].numpy(), view.numpy())
         np.testing.assert_array_equal(out[f"mask{i + 1}"].numpy(),
                                       tf.image.resize(mask, [SIZE, SIZE], "nearest").numpy())
+
+
+def test_crop_and_flip_in_one_slice_at_the_image_edges():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    for ow, w in [(0, 50), (0, 10), (5, 45), (49, 1), (0, 1)]:
+        for flip in (True, False):
+            ours = ip._resize_image(tf.constant(image), tf.constant([3, ow, 20, w]),
+                                    tf.constant(flip), 16).numpy()
+            crop = image[3:23, ow:ow + w]
+            crop = crop[:, ::-1] if flip else crop
+            reference = tf.clip_by_value(tf.image.resize(crop, [16, 16], "bicubic") / 255, 0, 1)
+            np.testing.assert_array_equal(ours, reference.numpy(), err_msg=f"{ow} {w} {flip}")
