@@ -253,15 +253,8 @@ def _resize_mask(mask: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: int)
 
 def _resize_image(pixels: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: int) -> tf.Tensor:
     """Crop, optional flip, bicubic resize (half-pixel centres) and clip to [0, 1]."""
-    def flipped():
-        # Crop and flip in one copy: columns ow + w - 1 down to ow. A negative end wraps
-        # around once, so "down to column 0" is written -(W + 1).
-        width = tf.shape(pixels)[1]
-        end = tf.where(window[1] > 0, window[1] - 1, -(width + 1))
-        return tf.strided_slice(pixels, [window[0], window[1] + window[3] - 1, 0],
-                                [window[0] + window[2], end, 3], [1, -1, 1])
-
-    image = tf.cond(flip, flipped, lambda: _crop(pixels, window))
+    image = _crop(pixels, window)
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     # Casting first is exact (uint8 -> float32) and faster than the kernel's per-tap casts.
     image = tf.raw_ops.ResizeBicubic(images=tf.cast(image, tf.float32)[None], size=[size, size],
                                      half_pixel_centers=True)[0]

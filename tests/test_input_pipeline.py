@@ -395,7 +395,7 @@ def test_two_views_decode_once_matches_per_view_pipeline():
                                       tf.image.resize(mask, [SIZE, SIZE], "nearest").numpy())
 
 
-def test_crop_and_flip_in_one_slice_at_the_image_edges():
+def test_image_crop_and_flip_at_the_image_edges():
     rng = np.random.default_rng(2)
     image = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
     for ow, w in [(0, 50), (0, 10), (5, 45), (49, 1), (0, 1)]:
