@@ -21,8 +21,8 @@ INSTALL_REQUIRES = [
     "dm-pix==0.4.5",
     "clu==0.0.12",
     "numpy==2.4.6",
-    "absl-py>=2.1",
-    "matplotlib>=3.8",
+    "absl-py==2.5.1",
+    "matplotlib==3.11.2",
 ]
 
 EXTRAS_REQUIRE = {
