@@ -153,6 +153,8 @@ class Budget:
     projection_size: int
     checkpoint_every: int
     log_every: int
+    # Seed of every pretraining and of the random-init baseline (``--pretrain_seed``).
+    pretrain_seed: int
     # CIFAR-10 probes (None: every image of the split).
     cifar_train_per_class: int | None
     cifar_test_per_class: int | None
@@ -175,7 +177,8 @@ BUDGETS: dict[str, Budget] = {
         name="tiny", image_size=32, batch_size=4, num_steps=2, warmup_epochs=0,
         base_learning_rate=16.0, base_ema=0.99, depth=18, blocks_per_group=(1, 1, 1, 1),
         channels_per_group=(16, 16, 16, 16), mlp_hidden_size=32, projection_size=16,
-        checkpoint_every=2, log_every=1, cifar_train_per_class=3, cifar_test_per_class=2,
+        checkpoint_every=2, log_every=1, pretrain_seed=0, cifar_train_per_class=3,
+        cifar_test_per_class=2,
         cifar_image_size=32, linear_epochs=2, linear_learning_rates=(0.1, 1.0),
         linear_augment_passes=1, linear_batch_size=8, knn_k=5, seg_image_size=32,
         seg_epochs=2, seg_augment_passes=1, seg_batch_size=4, eval_batch_size=4),
@@ -183,7 +186,8 @@ BUDGETS: dict[str, Budget] = {
         name="small", image_size=96, batch_size=16, num_steps=300, warmup_epochs=1,
         base_learning_rate=16.0, base_ema=0.9, depth=18, blocks_per_group=(2, 2, 2, 2),
         channels_per_group=(32, 64, 128, 256), mlp_hidden_size=512, projection_size=128,
-        checkpoint_every=50, log_every=10, cifar_train_per_class=200, cifar_test_per_class=100,
+        checkpoint_every=50, log_every=10, pretrain_seed=0, cifar_train_per_class=200,
+        cifar_test_per_class=100,
         cifar_image_size=96, linear_epochs=100, linear_learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0),
         linear_augment_passes=0, linear_batch_size=256, knn_k=20, seg_image_size=128,
         seg_epochs=50, seg_augment_passes=2, seg_batch_size=16, eval_batch_size=100),
@@ -191,7 +195,7 @@ BUDGETS: dict[str, Budget] = {
         name="full", image_size=224, batch_size=128, num_steps=5000, warmup_epochs=10,
         base_learning_rate=2.0, base_ema=0.99, depth=50, blocks_per_group=(3, 4, 6, 3),
         channels_per_group=(256, 512, 1024, 2048), mlp_hidden_size=4096, projection_size=256,
-        checkpoint_every=500, log_every=50, cifar_train_per_class=None,
+        checkpoint_every=500, log_every=50, pretrain_seed=0, cifar_train_per_class=None,
         cifar_test_per_class=None, cifar_image_size=128, linear_epochs=100,
         linear_learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0), linear_augment_passes=10,
         linear_batch_size=1024, knn_k=20, seg_image_size=224, seg_epochs=50,
@@ -231,6 +235,7 @@ def train_overrides(budget: Budget, method: Method, camvid_train: str) -> dict[s
     """``config key -> value`` applied on top of ``experiments/detcon_b_camvid.py:ARG``."""
     return {
         "method": method.method or "detcon_b",
+        "seed": budget.pretrain_seed,
         "masks.source": method.masks if method.method else "gt",
         "data.path": camvid_train,
         "data.image_size": budget.image_size,
@@ -692,6 +697,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated subset of the methods (default: all); the "
                              "report needs all of them")
     parser.add_argument("--seed", type=int, default=0, help="probe seed")
+    parser.add_argument("--pretrain_seed", type=int, default=0,
+                        help="seed of every pretraining (initialisation, augmentation, mask "
+                             "sampling) and of the random-init baseline; repeat a run with "
+                             "other values to see the pretraining-seed noise")
     parser.add_argument("--num_steps", type=int, default=None,
                         help="pretraining steps of every method (default: the budget's)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -711,6 +720,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.num_steps < 1:
             raise ReproduceError(f"--num_steps must be >= 1, got {args.num_steps}")
         budget = dataclasses.replace(budget, num_steps=args.num_steps)
+    budget = dataclasses.replace(budget, pretrain_seed=args.pretrain_seed)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     unknown = sorted(set(names) - {m.name for m in METHODS})
     if unknown:
@@ -723,12 +733,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     run_info_path = os.path.join(out, "run_info.json")
     previous = _read_json(run_info_path)
-    if previous and (previous.get("budget"), previous.get("num_steps", budget.num_steps)) != (
-            budget.name, budget.num_steps):
+    if previous and (previous.get("budget"), previous.get("num_steps", budget.num_steps),
+                     previous.get("pretrain_seed", 0)) != (
+            budget.name, budget.num_steps, budget.pretrain_seed):
         raise ReproduceError(f"--out={out} holds a run of budget {previous.get('budget')!r} "
-                             f"with {previous.get('num_steps')} steps, not {budget.name!r} with "
-                             f"{budget.num_steps}; use another --out")
+                             f"with {previous.get('num_steps')} steps and pretraining seed "
+                             f"{previous.get('pretrain_seed', 0)}, not {budget.name!r} with "
+                             f"{budget.num_steps} and {budget.pretrain_seed}; use another --out")
     _write_json(run_info_path, {"budget": budget.name, "num_steps": budget.num_steps,
+                                "pretrain_seed": budget.pretrain_seed,
                                 "camvid": camvid,
                                 "cifar10": os.path.abspath(args.cifar10)})
     cifar_dir, cifar_counts = _cifar_subset(os.path.abspath(args.cifar10), budget, out)

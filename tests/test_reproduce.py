@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -117,6 +118,17 @@ def test_other_budget_in_same_out_is_refused(tiny_data, tiny_run):
     result = _run(tiny_data, out, "--budget=small")
     assert result.returncode == 2
     assert "error:" in result.stderr and "budget 'tiny' with 2 steps" in result.stderr
+    result = _run(tiny_data, out, "--budget=tiny", "--pretrain_seed=1")
+    assert result.returncode == 2
+    assert "pretraining seed 0" in result.stderr, result.stderr
+
+
+def test_pretrain_seed_reaches_every_config_and_the_command(tiny_data):
+    train = str(tiny_data["camvid"] / "train")
+    budget = dataclasses.replace(reproduce.BUDGETS["small"], pretrain_seed=3)
+    for method in reproduce.METHODS:
+        assert reproduce.load_config(budget, method, train).seed == 3
+        assert "--config.seed=3" in reproduce.train_command(budget, method, train, "/tmp/w")
 
 
 def test_bad_data_folder_is_one_line_error(tiny_data, tmp_path):
