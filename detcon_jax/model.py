@@ -54,6 +54,21 @@ def haiku_default_init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.
     return unscaled * jnp.asarray(1.0 / np.sqrt(fan_in), dtype)
 
 
+def interleave_views(*views: jax.Array) -> jax.Array:
+    """``V`` arrays ``[B, ...]`` -> ``[B * V, ...]`` ordered ``x0_v0, x0_v1, ..., x1_v0, ...``.
+
+    Each example's views stay next to each other, so a batch axis sharded over devices
+    stays sharded the same way (no data moves between devices).
+    """
+    return jnp.stack(views, axis=1).reshape((-1,) + views[0].shape[1:])
+
+
+def split_views(x: jax.Array, num_views: int) -> tuple[jax.Array, ...]:
+    """Inverse of ``interleave_views``: ``[B * V, ...]`` -> ``V`` arrays ``[B, ...]``."""
+    x = x.reshape((-1, num_views) + x.shape[1:])
+    return tuple(x[:, v] for v in range(num_views))
+
+
 class BatchNorm(nn.Module):
     """Haiku-equivalent BatchNorm over all axes but the last, statistics of the global batch.
 
@@ -66,6 +81,13 @@ class BatchNorm(nn.Module):
     equivalent form ``average += (1 - decay) / (1 - decay**t) * (value - average)``, so
     after the first training step the averages equal that step's batch statistics.
     Statistics and normalisation are computed in float32; the output is cast to ``dtype``.
+
+    ``num_views > 1``: the batch interleaves that many views of each example
+    (``[x0_v0, x0_v1, x1_v0, ...]``, see ``interleave_views``). In training mode every view is
+    normalised with its own statistics and the moving averages are updated once per view, in
+    view order, exactly as ``num_views`` consecutive single-view calls would (the official
+    code applies the network to each view separately). One call then runs every
+    convolution once on all views, which halves the traced program of a two-view step.
     """
 
     decay: float = 0.9
@@ -73,6 +95,7 @@ class BatchNorm(nn.Module):
     scale_init: Initializer = nn.initializers.ones
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    num_views: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -85,25 +108,39 @@ class BatchNorm(nn.Module):
         counter = self.variable('batch_stats', 'counter', jnp.zeros, (), jnp.int32)
 
         xf = x.astype(jnp.float32)
+        views = self.num_views
+        if train and views > 1:
+            if x.shape[0] % views:
+                raise ValueError(f'BatchNorm: batch {x.shape[0]} is not a multiple of '
+                                 f'num_views={views}')
+            # [B * V, ...] -> [B, V, ...]; statistics over everything but the view and channel.
+            xf = xf.reshape((-1, views) + x.shape[1:])
+            axes = (0,) + tuple(range(2, xf.ndim - 1))
+            keep = (1, views) + (1,) * (xf.ndim - 3) + (features,)
+        else:
+            keep = (features,)
         if train:
             mean = jnp.mean(xf, axis=axes)
             # Haiku's form: E[x^2] - E[x]^2 (no clipping).
             var = jnp.mean(jnp.square(xf), axis=axes) - jnp.square(mean)
+            per_view = (mean, var) if views > 1 else (mean[None], var[None])
             if self.is_initializing():
                 # As Haiku's init: averages hold the init batch's statistics, counter 0
                 # (the first training step overwrites them, since its rate is 1).
-                ra_mean.value, ra_var.value = mean, var
+                ra_mean.value, ra_var.value = per_view[0][0], per_view[1][0]
             else:
-                count = counter.value + 1
                 decay = jnp.float32(self.decay)
-                rate = (1.0 - decay) / (1.0 - jnp.power(decay, count))
-                ra_mean.value = ra_mean.value + rate * (mean - ra_mean.value)
-                ra_var.value = ra_var.value + rate * (var - ra_var.value)
-                counter.value = count
+                for view_mean, view_var in zip(*per_view, strict=True):
+                    count = counter.value + 1
+                    rate = (1.0 - decay) / (1.0 - jnp.power(decay, count))
+                    ra_mean.value = ra_mean.value + rate * (view_mean - ra_mean.value)
+                    ra_var.value = ra_var.value + rate * (view_var - ra_var.value)
+                    counter.value = count
         else:
             mean, var = ra_mean.value, ra_var.value
         inv = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-        return ((xf - mean) * inv + bias.astype(jnp.float32)).astype(self.dtype)
+        out = (xf - mean.reshape(keep)) * inv.reshape(keep) + bias.astype(jnp.float32)
+        return out.reshape(x.shape).astype(self.dtype)
 
 
 class BlockV1(nn.Module):
@@ -120,6 +157,7 @@ class BlockV1(nn.Module):
     bn_decay: float = 0.9
     bn_epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
+    num_views: int = 1
 
     def _conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
         return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME',
@@ -128,7 +166,7 @@ class BlockV1(nn.Module):
 
     def _bn(self, name: str, scale_init: Initializer = nn.initializers.ones) -> BatchNorm:
         return BatchNorm(decay=self.bn_decay, epsilon=self.bn_epsilon, scale_init=scale_init,
-                         dtype=self.dtype, name=name)
+                         dtype=self.dtype, num_views=self.num_views, name=name)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -165,6 +203,7 @@ class BlockGroup(nn.Module):
     bn_decay: float = 0.9
     bn_epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
+    num_views: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -172,7 +211,8 @@ class BlockGroup(nn.Module):
             x = BlockV1(channels=self.channels, stride=self.stride if i == 0 else 1,
                         use_projection=self.use_projection and i == 0,
                         bottleneck=self.bottleneck, bn_decay=self.bn_decay,
-                        bn_epsilon=self.bn_epsilon, dtype=self.dtype, name=f'block_{i}')(x, train)
+                        bn_epsilon=self.bn_epsilon, dtype=self.dtype,
+                        num_views=self.num_views, name=f'block_{i}')(x, train)
         return x
 
 
@@ -185,6 +225,7 @@ class ResNet(nn.Module):
     ``use_projection`` to change that (e.g. to import ``hk.nets.ResNet18`` weights).
     ``blocks_per_group``, ``channels_per_group`` and ``bottleneck`` override the preset of
     ``depth`` (see ``TINY_RESNET``). Parameters are float32; ``dtype`` is the compute dtype.
+    ``num_views``: see ``BatchNorm`` (the parameters do not depend on it).
     """
 
     depth: int = 50
@@ -196,6 +237,7 @@ class ResNet(nn.Module):
     channels_per_group: tuple[int, ...] | None = None
     bottleneck: bool | None = None
     use_projection: tuple[bool, ...] | None = None
+    num_views: int = 1
 
     def structure(self) -> tuple[tuple[int, ...], tuple[int, ...], bool, tuple[bool, ...]]:
         """(blocks_per_group, channels_per_group before width, bottleneck, use_projection)."""
@@ -226,7 +268,7 @@ class ResNet(nn.Module):
                     use_bias=False, kernel_init=haiku_default_init, dtype=self.dtype,
                     param_dtype=jnp.float32, name='initial_conv')(x)
         x = BatchNorm(decay=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-                      name='initial_batchnorm')(x, train)
+                      num_views=self.num_views, name='initial_batchnorm')(x, train)
         x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
         for i, stride in enumerate((1, 2, 2, 2)):
@@ -234,7 +276,7 @@ class ResNet(nn.Module):
                            num_blocks=blocks[i], stride=stride, use_projection=projection[i],
                            bottleneck=bottleneck, bn_decay=self.bn_momentum,
                            bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-                           name=f'block_group_{i}')(x, train)
+                           num_views=self.num_views, name=f'block_group_{i}')(x, train)
         return x
 
 
@@ -251,13 +293,14 @@ class MLP(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
+    num_views: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Dense(self.hidden_size, use_bias=True, kernel_init=haiku_default_init,
                      dtype=self.dtype, param_dtype=jnp.float32, name='linear')(x)
         x = BatchNorm(decay=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-                      name='batch_norm')(x, train)
+                      num_views=self.num_views, name='batch_norm')(x, train)
         x = nn.relu(x)
         return nn.Dense(self.output_size, use_bias=False, kernel_init=haiku_default_init,
                         dtype=self.dtype, param_dtype=jnp.float32, name='linear_1')(x)
@@ -272,6 +315,10 @@ class DetConNetwork(nn.Module):
     ``projection`` / ``prediction`` ``[B, R, projection_size]``, ``embedding`` ``[B, C]``
     (spatial mean of the features) and ``logits`` ``[B, num_classes]`` computed on
     ``stop_gradient(embedding)`` so labels never train the encoder.
+
+    ``num_views``: the batch interleaves this many views per example (``interleave_views``);
+    in training mode every BatchNorm then keeps per-view statistics (see ``BatchNorm``).
+    The parameters, and therefore checkpoints, do not depend on it.
     """
 
     depth: int = 50
@@ -286,15 +333,17 @@ class DetConNetwork(nn.Module):
     encoder_blocks_per_group: tuple[int, ...] | None = None
     encoder_channels_per_group: tuple[int, ...] | None = None
     encoder_bottleneck: bool | None = None
+    num_views: int = 1
 
     def setup(self) -> None:
         self.encoder = ResNet(depth=self.depth, width_multiplier=self.width_multiplier,
                               bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
                               dtype=self.dtype, blocks_per_group=self.encoder_blocks_per_group,
                               channels_per_group=self.encoder_channels_per_group,
-                              bottleneck=self.encoder_bottleneck)
+                              bottleneck=self.encoder_bottleneck, num_views=self.num_views)
         mlp = dict(hidden_size=self.mlp_hidden_size, output_size=self.projection_size,
-                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype)
+                   bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype,
+                   num_views=self.num_views)
         self.projector = MLP(**mlp)
         if self.use_predictor:
             self.predictor = MLP(**mlp)

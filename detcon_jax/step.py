@@ -24,6 +24,7 @@ import optax
 from detcon_jax import augment as augment_lib
 from detcon_jax import losses, optim
 from detcon_jax import masks as masks_lib
+from detcon_jax import model as model_lib
 from detcon_jax.config import uses_target_network
 from detcon_jax.model import DetConNetwork
 
@@ -86,8 +87,13 @@ def make_schedules(config: Any, *, total_steps: int, warmup_steps: int) -> Sched
     )
 
 
-def make_network(config: Any) -> DetConNetwork:
-    """The DetCon network for ``config.method`` (no predictor for DetCon-S / SimCLR)."""
+def make_network(config: Any, *, num_views: int = 1) -> DetConNetwork:
+    """The DetCon network for ``config.method`` (no predictor for DetCon-S / SimCLR).
+
+    ``num_views``: views interleaved in one training batch (``model.interleave_views``);
+    the train step uses 2, everything else (init, evaluation, export) the default 1. The
+    parameters do not depend on it.
+    """
     m = config.model
     return DetConNetwork(
         depth=m.depth,
@@ -102,6 +108,7 @@ def make_network(config: Any) -> DetConNetwork:
         encoder_blocks_per_group=None if m.blocks_per_group is None else tuple(m.blocks_per_group),
         encoder_channels_per_group=(None if m.channels_per_group is None
                                     else tuple(m.channels_per_group)),
+        num_views=num_views,
     )
 
 
@@ -233,17 +240,22 @@ def make_train_step(config: Any, schedules: Schedules,
     GT or grid); ``label`` int ``[B]`` (-1 = unknown). Metrics are scalars over the global
     batch.
     """
-    network = make_network(config)
+    # Both views go through the network in one call (per-view BatchNorm statistics, moving
+    # averages updated view 1 then view 2, as the official two calls): one traced network
+    # instead of two, and every convolution runs on the whole two-view batch.
+    network = make_network(config, num_views=2)
     with_target = uses_target_network(config.method)
     view_configs = (config.augment.view1, config.augment.view2)
     view_configs = tuple(None if c is None else dict(c) for c in view_configs)
     num_classes = config.model.num_classes
 
-    def forward(params, stats, images, masks):
+    def forward(params, stats, views, masks):
         outputs, updated = network.apply(
-            {"params": params, "batch_stats": stats}, images, masks, train=True,
-            mutable=["batch_stats"])
-        return outputs, updated["batch_stats"]
+            {"params": params, "batch_stats": stats}, model_lib.interleave_views(*views),
+            model_lib.interleave_views(*masks), train=True, mutable=["batch_stats"])
+        split = {key: model_lib.split_views(value, 2) for key, value in outputs.items()}
+        per_view = tuple({key: value[v] for key, value in split.items()} for v in range(2))
+        return per_view, updated["batch_stats"]
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         image_size = batch["view1"].shape[1]
@@ -260,13 +272,12 @@ def make_train_step(config: Any, schedules: Schedules,
         target_stats = state.target_batch_stats
         if with_target:
             # The target runs in train mode and its BatchNorm statistics move too.
-            t1, target_stats = forward(state.target_params, target_stats, view1, masks1)
-            t2, target_stats = forward(state.target_params, target_stats, view2, masks2)
-            target_outputs = (t1, t2)
+            target_outputs, target_stats = forward(
+                state.target_params, target_stats, (view1, view2), (masks1, masks2))
 
         def loss_fn(params):
-            o1, stats = forward(params, state.online_batch_stats, view1, masks1)
-            o2, stats = forward(params, stats, view2, masks2)
+            (o1, o2), stats = forward(params, state.online_batch_stats, (view1, view2),
+                                      (masks1, masks2))
             repr_loss = _representation_loss(config, (o1, o2), target_outputs, (ids1, ids2),
                                              num_devices=num_devices)
             aux = {"stats": stats, "view1": o1}
