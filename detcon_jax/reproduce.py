@@ -28,6 +28,9 @@ Every pretraining is the training CLI run as a subprocess, exactly as a user wou
 in ``results.json``). The random-initialisation baseline is the initial state of that config
 (the online network every BYOL-style run starts from), saved as a step-0 checkpoint.
 
+``--pretrain_seed=N`` seeds every pretraining and the random-init baseline (the probes keep
+``--seed``): repeat a run with other values to see the pretraining-seed noise.
+
 ``--jobs=N`` runs N pretrainings at once (each is its own process; useful on a many-core CPU,
 where one XLA:CPU program does not use every core).
 
