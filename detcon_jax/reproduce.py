@@ -156,8 +156,6 @@ class Budget:
     projection_size: int
     checkpoint_every: int
     log_every: int
-    # Seed of every pretraining and of the random-init baseline (``--pretrain_seed``).
-    pretrain_seed: int
     # CIFAR-10 probes (None: every image of the split).
     cifar_train_per_class: int | None
     cifar_test_per_class: int | None
@@ -173,6 +171,9 @@ class Budget:
     seg_augment_passes: int
     seg_batch_size: int
     eval_batch_size: int
+    # Not a size: the seed of every pretraining and of the random-init baseline, set per run
+    # by ``--pretrain_seed``.
+    pretrain_seed: int = 0
 
 
 BUDGETS: dict[str, Budget] = {
@@ -180,8 +181,7 @@ BUDGETS: dict[str, Budget] = {
         name="tiny", image_size=32, batch_size=4, num_steps=2, warmup_epochs=0,
         base_learning_rate=16.0, base_ema=0.99, depth=18, blocks_per_group=(1, 1, 1, 1),
         channels_per_group=(16, 16, 16, 16), mlp_hidden_size=32, projection_size=16,
-        checkpoint_every=2, log_every=1, pretrain_seed=0, cifar_train_per_class=3,
-        cifar_test_per_class=2,
+        checkpoint_every=2, log_every=1, cifar_train_per_class=3, cifar_test_per_class=2,
         cifar_image_size=32, linear_epochs=2, linear_learning_rates=(0.1, 1.0),
         linear_augment_passes=1, linear_batch_size=8, knn_k=5, seg_image_size=32,
         seg_epochs=2, seg_augment_passes=1, seg_batch_size=4, eval_batch_size=4),
@@ -189,8 +189,7 @@ BUDGETS: dict[str, Budget] = {
         name="small", image_size=96, batch_size=16, num_steps=300, warmup_epochs=1,
         base_learning_rate=16.0, base_ema=0.9, depth=18, blocks_per_group=(2, 2, 2, 2),
         channels_per_group=(32, 64, 128, 256), mlp_hidden_size=512, projection_size=128,
-        checkpoint_every=50, log_every=10, pretrain_seed=0, cifar_train_per_class=200,
-        cifar_test_per_class=100,
+        checkpoint_every=50, log_every=10, cifar_train_per_class=200, cifar_test_per_class=100,
         cifar_image_size=96, linear_epochs=100, linear_learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0),
         linear_augment_passes=0, linear_batch_size=256, knn_k=20, seg_image_size=128,
         seg_epochs=50, seg_augment_passes=2, seg_batch_size=16, eval_batch_size=100),
@@ -198,7 +197,7 @@ BUDGETS: dict[str, Budget] = {
         name="full", image_size=224, batch_size=128, num_steps=5000, warmup_epochs=10,
         base_learning_rate=2.0, base_ema=0.99, depth=50, blocks_per_group=(3, 4, 6, 3),
         channels_per_group=(256, 512, 1024, 2048), mlp_hidden_size=4096, projection_size=256,
-        checkpoint_every=500, log_every=50, pretrain_seed=0, cifar_train_per_class=None,
+        checkpoint_every=500, log_every=50, cifar_train_per_class=None,
         cifar_test_per_class=None, cifar_image_size=128, linear_epochs=100,
         linear_learning_rates=(0.01, 0.03, 0.1, 0.3, 1.0), linear_augment_passes=10,
         linear_batch_size=1024, knn_k=20, seg_image_size=224, seg_epochs=50,
