@@ -335,38 +335,36 @@ def _stop_steps(runs: list[_Training]) -> list[int]:
     return steps
 
 
-@pytest.mark.multiprocess
-def test_multihost_sigterm_every_host_stops_at_the_same_step(tmp_path):
-    workdir = tmp_path / "pod"
-    flags = ("--config.num_steps=1000", "--config.checkpoint.every_steps=1000")
+def _sigterm_two_hosts(workdir, flags, *, after_step: int, hosts: tuple[int, ...]):
+    """Two hosts train until both are past ``after_step``; then ``hosts`` get SIGTERM.
+    Returns the runs and their exit codes (a host left running is killed)."""
     runs = _two_hosts(workdir, *flags)
     try:
         for run in runs:
-            assert run.wait_for(lambda r=run: r.last_step() >= 2), run.output()[-4000:]
-        # A preemption notice reaches one host only.
-        runs[1].proc.send_signal(signal.SIGTERM)
+            assert run.wait_for(lambda r=run: r.last_step() > after_step), run.output()[-4000:]
+        for host in hosts:
+            runs[host].proc.send_signal(signal.SIGTERM)
         codes = [run.finish() for run in runs]
     finally:
         for run in runs:
             if run.proc.poll() is None:
                 run.proc.kill()
+    return runs, codes
+
+
+@pytest.mark.multiprocess
+def test_multihost_sigterm_every_host_stops_at_the_same_step(tmp_path):
+    workdir = tmp_path / "pod"
+    flags = ("--config.num_steps=1000", "--config.checkpoint.every_steps=1000")
+    # A preemption notice reaches one host only.
+    runs, codes = _sigterm_two_hosts(workdir, flags, after_step=1, hosts=(1,))
     assert codes == [0, 0], [run.output()[-3000:] for run in runs]
     first, second = _stop_steps(runs)
     assert first == second >= 2
     assert checkpoint_steps(workdir / "checkpoints") == [first]
 
     # Resume on both hosts, then SIGTERM both (what a scheduler sends to a whole job).
-    runs = _two_hosts(workdir, *flags)
-    try:
-        for run in runs:
-            assert run.wait_for(lambda r=run: r.last_step() > first + 1), run.output()[-4000:]
-        for run in runs:
-            run.proc.send_signal(signal.SIGTERM)
-        codes = [run.finish() for run in runs]
-    finally:
-        for run in runs:
-            if run.proc.poll() is None:
-                run.proc.kill()
+    runs, codes = _sigterm_two_hosts(workdir, flags, after_step=first + 1, hosts=(0, 1))
     assert codes == [0, 0], [run.output()[-3000:] for run in runs]
     assert all(f"at step {first}." in run.output() for run in runs)
     stop_a, stop_b = _stop_steps(runs)
