@@ -406,3 +406,58 @@ def test_image_crop_and_flip_at_the_image_edges():
             crop = crop[:, ::-1] if flip else crop
             reference = tf.clip_by_value(tf.image.resize(crop, [16, 16], "bicubic") / 255, 0, 1)
             np.testing.assert_array_equal(ours, reference.numpy(), err_msg=f"{ow} {w} {flip}")
+
+
+def test_skip_batches_resumes_the_same_stream_and_unseeded_runs_differ():
+    kwargs = dict(batch_size=2, image_size=32, mask_source="gt", seed=5, deterministic=True,
+                  synthetic_num_images=6)
+    full = _batches(ip.make_pretrain_dataset("synthetic", **kwargs), 5)
+    resumed = _batches(ip.make_pretrain_dataset("synthetic", skip_batches=3, **kwargs), 2)
+    for x, y in zip(full[3:], resumed, strict=True):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    # Without a seed each run draws its own augmentation stream.
+    unseeded = {**kwargs, "seed": None}
+    a = _batches(ip.make_pretrain_dataset("synthetic", **unseeded), 1)[0]
+    b = _batches(ip.make_pretrain_dataset("synthetic", **unseeded), 1)[0]
+    assert not np.array_equal(a["view1"], b["view1"])
+
+
+@pytest.mark.parametrize("chroma_downsampling", [True, False])
+def test_jpeg_region_with_aligned_left_edge_has_the_exact_boxes_pixels(chroma_downsampling):
+    # The decoded region starts at a multiple of 16 px; every window's pixels must equal those
+    # of a decode of the windows' exact bounding box (what an unaligned request returns).
+    rng = np.random.default_rng(3)
+    image = ndimage.gaussian_filter(rng.integers(0, 256, (75, 110, 3)).astype(np.float32),
+                                    (1.5, 1.5, 0)).astype(np.uint8)
+    data = tf.io.encode_jpeg(image, quality=90, chroma_downsampling=chroma_downsampling)
+    source = ip._Source(data)
+    for _ in range(25):
+        windows = ip._windows_from_uniforms(tf.constant([75, 110]),
+                                            tf.constant(rng.random((2, 4)), tf.float32))
+        pixels, origin = source.region(windows)
+        top = tf.reduce_min(windows[:, :2], axis=0)
+        bottom = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0)
+        exact = tf.io.decode_and_crop_jpeg(data, tf.concat([top, bottom - top], 0), channels=3)
+        for oh, ow, h, w in windows.numpy():
+            np.testing.assert_array_equal(
+                ip._crop(pixels, [oh - origin[0], ow - origin[1], h, w]).numpy(),
+                ip._crop(exact, [oh - top[0], ow - top[1], h, w]).numpy())
+
+
+def test_encoded_image_framing_check():
+    image = np.full([16, 24, 3], 90, np.uint8)
+    jpeg = tf.io.encode_jpeg(image).numpy()
+    png = tf.io.encode_png(image).numpy()
+    cases = {
+        "jpeg": (jpeg, True),
+        "jpeg with padding after EOI": (jpeg + b"\x00" * 10, True),
+        "truncated jpeg": (jpeg[:-20], False),
+        "jpeg cut after EOI's first byte": (jpeg[:-1], False),
+        "png": (png, True),
+        "truncated png": (png[:-12], False),
+        "not an image": (b"hello world, not an image at all", False),
+        "empty": (b"", False),
+    }
+    for name, (data, expected) in cases.items():
+        assert bool(ip.is_valid_encoded_image(tf.constant(data))) == expected, name
