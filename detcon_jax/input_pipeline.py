@@ -389,17 +389,18 @@ def is_valid_encoded_image(image_bytes: tf.Tensor) -> tf.Tensor:
     signature check. Checking the framing costs microseconds, unlike a second full decode.
     """
     size = tf.strings.length(image_bytes)
-    tail = tf.strings.substr(image_bytes, tf.maximum(size - 64, 0), 64)
+
+    def tail(n):
+        return tf.strings.substr(image_bytes, tf.maximum(size - n, 0), n)
 
     def jpeg_ok():
         # Almost every JPEG ends exactly with EOI: two bytes to compare before a tail search.
-        last = tf.strings.substr(image_bytes, tf.maximum(size - 2, 0), 2)
-        return tf.cond(tf.equal(last, b"\xff\xd9"), lambda: tf.constant(True),
-                       lambda: _has_marker(tail, b"\xff\xd9"))
+        return tf.cond(tf.equal(tail(2), b"\xff\xd9"), lambda: tf.constant(True),
+                       lambda: _has_marker(tail(64), b"\xff\xd9"))
 
     def png_ok():
         is_png = tf.equal(tf.strings.substr(image_bytes, 0, 8), b"\x89PNG\r\n\x1a\n")
-        return tf.logical_and(is_png, _has_marker(tail, b"IEND"))
+        return tf.logical_and(is_png, _has_marker(tail(64), b"IEND"))
 
     return tf.cond(_is_jpeg(image_bytes), jpeg_ok, png_ok)
 
@@ -899,8 +900,8 @@ def make_pretrain_dataset(
         ds = ds.shuffle(shuffle_buffer or 10 * batch_size, seed=seed,
                         reshuffle_each_iteration=True)
     # One stateless seed pair per element: reproducible given the element order. (Seeds
-    # folded from the element index save a dataset stage, 1-4 % of the loader's CPU, but draw
-    # other crops than the runs documented in docs/results.md.)
+    # folded from the element index would save this zip stage, a gain lost in the machine's
+    # drift, docs/performance.md, but would draw other crops than the documented runs.)
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds))
     if skip_batches:

@@ -63,10 +63,11 @@ def interleave_views(*views: jax.Array) -> jax.Array:
     return jnp.stack(views, axis=1).reshape((-1,) + views[0].shape[1:])
 
 
-def split_views(x: jax.Array, num_views: int) -> tuple[jax.Array, ...]:
-    """Inverse of ``interleave_views``: ``[B * V, ...]`` -> ``V`` arrays ``[B, ...]``."""
-    x = x.reshape((-1, num_views) + x.shape[1:])
-    return tuple(x[:, v] for v in range(num_views))
+def split_views(tree: Any, num_views: int) -> tuple[Any, ...]:
+    """Inverse of ``interleave_views`` for an array or a pytree of arrays (e.g. a network's
+    output dict): every ``[B * V, ...]`` leaf -> ``V`` trees of ``[B, ...]`` leaves."""
+    grouped = jax.tree.map(lambda x: x.reshape((-1, num_views) + x.shape[1:]), tree)
+    return tuple(jax.tree.map(lambda x, v=v: x[:, v], grouped) for v in range(num_views))
 
 
 class BatchNorm(nn.Module):

@@ -253,9 +253,7 @@ def make_train_step(config: Any, schedules: Schedules,
         outputs, updated = network.apply(
             {"params": params, "batch_stats": stats}, model_lib.interleave_views(*views),
             model_lib.interleave_views(*masks), train=True, mutable=["batch_stats"])
-        split = {key: model_lib.split_views(value, 2) for key, value in outputs.items()}
-        per_view = tuple({key: value[v] for key, value in split.items()} for v in range(2))
-        return per_view, updated["batch_stats"]
+        return model_lib.split_views(outputs, 2), updated["batch_stats"]
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         image_size = batch["view1"].shape[1]

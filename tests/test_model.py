@@ -380,8 +380,7 @@ def test_interleaved_views_equal_consecutive_single_view_calls(detcon_case):
                               model.interleave_views(images, images2),
                               model.interleave_views(masks, masks2), train=True,
                               mutable=['batch_stats'])
-        split = {k: model.split_views(v, 2) for k, v in out.items()}
-        return tuple({k: v[i] for k, v in split.items()} for i in range(2)), s['batch_stats']
+        return model.split_views(out, 2), s['batch_stats']
 
     def loss(forward, params):
         (o1, o2), _ = forward(params)
