@@ -5,7 +5,7 @@ Usage::
   python -m detcon_jax.bench step --model=resnet50 --image_size=96 --batch_size=8 \
       [--devices=N] [--dtype=bfloat16]
   python -m detcon_jax.bench loss --batch_per_device=128 --devices=8 --num_masks=16 --dim=256
-  python -m detcon_jax.bench pipeline --image_size=224
+  python -m detcon_jax.bench pipeline --image_size=224 [--cache]
   python -m detcon_jax.bench fh [--workers=N]
 
 Each measurement prints one JSON line on stdout (progress goes to stderr). Timings are the
@@ -386,13 +386,15 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
 
 
 def bench_pipeline(*, image_size: int = 224, batch_size: int = 32, num_batches: int = 50,
-                   threads: int | None = None) -> dict[str, Any]:
-    """Images/s of the tf.data pre-training pipeline (``bench_input.bench_pipeline``)."""
+                   threads: int | None = None, cache: bool = False) -> dict[str, Any]:
+    """Images/s of the tf.data pre-training pipeline (``bench_input.bench_pipeline``; with
+    ``cache``, of its pre-processing alone, the parsed records held in memory)."""
     from detcon_jax import bench_input
 
-    _log(f"pipeline: {image_size}px, batch {batch_size}, {num_batches} batches")
+    _log(f"pipeline: {image_size}px, batch {batch_size}, {num_batches} batches"
+         + (", parsed records cached in memory" if cache else ""))
     result = bench_input.bench_pipeline(batch_size=batch_size, image_size=image_size,
-                                        num_batches=num_batches, threads=threads)
+                                        num_batches=num_batches, threads=threads, cache=cache)
     return {**result, "peak_rss_mb": _peak_rss_mb(), **_host_info()}
 
 
@@ -456,6 +458,9 @@ def _parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--num_batches", type=int, default=50)
     pipeline.add_argument("--threads", type=int, default=None,
                           help="tf.data private thread pool size (default: TensorFlow's)")
+    pipeline.add_argument("--cache", action="store_true",
+                          help="hold the parsed records in memory: time the pre-processing "
+                          "(decode, views, masks, batching) without file reads and parsing")
 
     fh = sub.add_parser("fh", parents=[common], help="Felzenszwalb-Huttenlocher mask generation")
     fh.add_argument("--workers", type=int, default=1)
@@ -528,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             compare_direct=args.compare_direct)
     elif args.what == "pipeline":
         result = bench_pipeline(image_size=args.image_size, batch_size=args.batch_size,
-                                num_batches=args.num_batches, threads=args.threads)
+                                num_batches=args.num_batches, threads=args.threads,
+                                cache=args.cache)
     else:
         result = bench_fh(workers=args.workers, repeats=args.repeats)
     print(json.dumps({k: _round(v) for k, v in result.items()}), flush=True)

@@ -231,17 +231,16 @@ class _Source:
         return pixels, origin
 
 
-def _nearest_index(offset: tf.Tensor, length: tf.Tensor, size: int,
-                   flip: tf.Tensor | None = None) -> tf.Tensor:
+def _nearest_index(length: tf.Tensor, size: int, flip: tf.Tensor | None = None) -> tf.Tensor:
     """Source indices of ``tf.image.resize(..., NEAREST_NEIGHBOR)`` from ``length`` to ``size``
     (half-pixel centres; the same float32 arithmetic as TensorFlow's kernel, so the selected
-    pixels are identical), optionally of the left-right flipped source, shifted by ``offset``."""
+    pixels are identical), optionally of the left-right flipped source."""
     scale = tf.cast(length, tf.float32) / size
     index = tf.cast(tf.floor((tf.range(size, dtype=tf.float32) + 0.5) * scale), tf.int32)
     index = tf.minimum(index, length - 1)
     if flip is not None:
         index = tf.where(flip, length - 1 - index, index)
-    return offset + index
+    return index
 
 
 def _resize_mask(mask: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: int) -> tf.Tensor:
@@ -251,8 +250,11 @@ def _resize_mask(mask: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: int)
     (and, after a transpose, whole columns) avoids TensorFlow's per-pixel copy loops for
     one-byte elements, ~5x cheaper.
     """
-    rows = tf.gather(mask[..., 0], _nearest_index(window[0], window[2], size))
-    cols = tf.gather(tf.transpose(rows), _nearest_index(window[1], window[3], size, flip))
+    rows = tf.gather(mask[..., 0], window[0] + _nearest_index(window[2], size))
+    # Transposing one-byte elements is the slow step: cut the rows to the window's columns
+    # first (a copy of contiguous row segments) so that only those are transposed.
+    rows = rows[:, window[1]:window[1] + window[3]]
+    cols = tf.gather(tf.transpose(rows), _nearest_index(window[3], size, flip))
     return tf.transpose(cols)[..., None]
 
 

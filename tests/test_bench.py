@@ -64,11 +64,13 @@ def test_loss_smoke_on_two_devices(repo_root):
     assert result["grad_max_abs_diff"] <= 1e-5
 
 
-def test_pipeline_smoke(repo_root):
+@pytest.mark.parametrize("cache", [False, True])
+def test_pipeline_smoke(repo_root, cache):
     result = _run(repo_root, "pipeline", "--image_size=32", "--batch_size=4",
-                  "--num_batches=2")
-    _assert_positive(result, "img_per_s", "peak_rss_mb")
+                  "--num_batches=2", *(["--cache"] if cache else []))
+    _assert_positive(result, "img_per_s", "peak_rss_mb", "cpu_ms_per_img")
     assert result["image_size"] == 32 and result["batch_size"] == 4
+    assert result["cache"] is cache
 
 
 def test_fh_smoke(repo_root):

@@ -91,6 +91,31 @@ def test_pretrain_dataset_reads_the_records(camvid_run):
     assert ip.num_examples("imagenet_fh", data_dir=out) == 3
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_cached_pipeline_serves_from_memory_after_one_pass(camvid_run, tmp_path, cache):
+    # cache=True holds the parsed records after the first pass (what `bench pipeline --cache`
+    # times): no file is read again. Without the cache the next pass re-opens the shards,
+    # which are gone.
+    copy = tmp_path / "out"
+    shutil.copytree(camvid_run[1], copy)
+    it = iter(ip.make_pretrain_dataset(
+        "imagenet_fh", data_dir=copy, batch_size=3, image_size=32, mask_source="fh", seed=0,
+        shuffle_buffer=3, prefetch=1, cache=cache))
+    next(it)
+    next(it)  # 3 records a pass: the first pass has been read
+    for shard in copy.glob("train-*"):
+        os.remove(shard)
+    if cache:
+        for _ in range(6):
+            batch = next(it)
+            assert batch["view1"].shape == (3, 32, 32, 3)
+            assert batch["mask1"].numpy().max() > 0  # the stored FH masks, not zeros
+    else:
+        with pytest.raises(tf.errors.NotFoundError):
+            for _ in range(6):
+                next(it)
+
+
 def test_resume_skips_finished_shards(camvid_run, tmp_path):
     src, out, _, _ = camvid_run
     copy = tmp_path / "out"
