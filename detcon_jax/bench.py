@@ -5,8 +5,8 @@ Usage::
   python -m detcon_jax.bench step --model=resnet50 --image_size=96 --batch_size=8 \
       [--devices=N] [--dtype=bfloat16]
   python -m detcon_jax.bench loss --batch_per_device=128 --devices=8 --num_masks=16 --dim=256
-  python -m detcon_jax.bench pipeline --image_size=224 [--cache]
-  python -m detcon_jax.bench fh [--workers=N]
+  python -m detcon_jax.bench pipeline --image_size=224 [--cache] [--data_dir=SHARDS]
+  python -m detcon_jax.bench fh [--workers=N] [--data_dir=IMAGES]
 
 Each measurement prints one JSON line on stdout (progress goes to stderr). Timings are the
 median of ``--repeats`` runs after compilation and a warm-up run. Every line carries the
@@ -386,24 +386,32 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
 
 
 def bench_pipeline(*, image_size: int = 224, batch_size: int = 32, num_batches: int = 50,
-                   threads: int | None = None, cache: bool = False) -> dict[str, Any]:
+                   threads: int | None = None, cache: bool = False,
+                   data_dir: str | None = None, split: str = "train") -> dict[str, Any]:
     """Images/s of the tf.data pre-training pipeline (``bench_input.bench_pipeline``; with
-    ``cache``, of its pre-processing alone, the parsed records held in memory)."""
+    ``cache``, of its pre-processing alone, the parsed records held in memory; with
+    ``data_dir``, on those ImageNet-FH shards)."""
     from detcon_jax import bench_input
 
     _log(f"pipeline: {image_size}px, batch {batch_size}, {num_batches} batches"
-         + (", parsed records cached in memory" if cache else ""))
+         + (", parsed records cached in memory" if cache else "")
+         + (f", shards {data_dir}/{split}-*" if data_dir else ""))
     result = bench_input.bench_pipeline(batch_size=batch_size, image_size=image_size,
-                                        num_batches=num_batches, threads=threads, cache=cache)
+                                        num_batches=num_batches, threads=threads, cache=cache,
+                                        data_dir=data_dir, split=split)
     return {**result, "peak_rss_mb": _peak_rss_mb(), **_host_info()}
 
 
-def bench_fh(*, workers: int = 1, repeats: int = 2) -> dict[str, Any]:
-    """Images/s of Felzenszwalb mask generation (``bench_input.bench_fh``)."""
+def bench_fh(*, workers: int = 1, repeats: int = 2, data_dir: str | None = None,
+             max_images: int = 20) -> dict[str, Any]:
+    """Images/s of Felzenszwalb mask generation (``bench_input.bench_fh``; with ``data_dir``,
+    on the first ``max_images`` images of that folder)."""
     from detcon_jax import bench_input
 
-    _log(f"fh: {workers} worker(s), {repeats} pass(es) over the bundled photos")
-    result = bench_input.bench_fh(workers=workers, repeats=repeats)
+    what = f"up to {max_images} images of {data_dir}" if data_dir else "the bundled photos"
+    _log(f"fh: {workers} worker(s), {repeats} pass(es) over {what}")
+    result = bench_input.bench_fh(workers=workers, repeats=repeats, data_dir=data_dir,
+                                  max_images=max_images)
     return {**result, "peak_rss_mb": _peak_rss_mb(), **_host_info()}
 
 
@@ -461,10 +469,18 @@ def _parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--cache", action="store_true",
                           help="hold the parsed records in memory: time the pre-processing "
                           "(decode, views, masks, batching) without file reads and parsing")
+    pipeline.add_argument("--data_dir", default=None,
+                          help="ImageNet-FH shards to read (default: records of the bundled "
+                          "photos, written to a temporary folder)")
+    pipeline.add_argument("--split", default="train", help="shard prefix in --data_dir")
 
     fh = sub.add_parser("fh", parents=[common], help="Felzenszwalb-Huttenlocher mask generation")
     fh.add_argument("--workers", type=int, default=1)
     fh.add_argument("--repeats", type=int, default=2)
+    fh.add_argument("--data_dir", default=None,
+                    help="image folder to segment (default: the bundled photos)")
+    fh.add_argument("--max_images", type=int, default=20,
+                    help="images of --data_dir per pass")
     return parser
 
 
@@ -531,12 +547,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = bench_loss(batch_per_device=args.batch_per_device, num_masks=args.num_masks,
                             dim=args.dim, repeats=args.repeats, num_chunks=args.num_chunks,
                             compare_direct=args.compare_direct)
-    elif args.what == "pipeline":
-        result = bench_pipeline(image_size=args.image_size, batch_size=args.batch_size,
-                                num_batches=args.num_batches, threads=args.threads,
-                                cache=args.cache)
     else:
-        result = bench_fh(workers=args.workers, repeats=args.repeats)
+        try:
+            if args.what == "pipeline":
+                result = bench_pipeline(image_size=args.image_size, batch_size=args.batch_size,
+                                        num_batches=args.num_batches, threads=args.threads,
+                                        cache=args.cache, data_dir=args.data_dir,
+                                        split=args.split)
+            else:
+                result = bench_fh(workers=args.workers, repeats=args.repeats,
+                                  data_dir=args.data_dir, max_images=args.max_images)
+        except FileNotFoundError as e:  # a --data_dir without the data: one line, no trace
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 2
     print(json.dumps({k: _round(v) for k, v in result.items()}), flush=True)
     return 0
 

@@ -3,13 +3,15 @@
 Usage::
 
   python -m detcon_jax.bench_input pipeline [--batch_size=32] [--image_size=224] [--cache]
-  python -m detcon_jax.bench_input fh [--workers=1]
+      [--data_dir=SHARDS --split=train]
+  python -m detcon_jax.bench_input fh [--workers=1] [--data_dir=IMAGES --max_images=20]
 
 Each prints one JSON line with ``img_per_s``. The images are scikit-image's bundled colour
 photos, resized to ImageNet's typical 375 x 500 and JPEG-encoded, so nothing is downloaded.
 ``pipeline`` reads them from TFRecords in the official ImageNet-FH layout (written to a
 temporary folder first) and measures decode + two views + masks + batching; ``fh`` measures
-decode + Felzenszwalb (scale 1000, min_size 1000) per image.
+decode + Felzenszwalb (scale 1000, min_size 1000) per image. ``--data_dir`` measures your own
+data instead: ImageNet-FH shards (``pipeline``) or an image folder (``fh``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def _write_folder(directory: pathlib.Path) -> pathlib.Path:
 
 def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: int = 50,
                    warmup_batches: int = 10, threads: int | None = None,
-                   cache: bool = False) -> dict:
+                   cache: bool = False, data_dir: str | os.PathLike | None = None,
+                   split: str = "train") -> dict:
     """Images/s of ``make_pretrain_dataset('imagenet_fh')`` (two views + masks) on this host.
 
     Also ``cpu_ms_per_img``: CPU time of this process (all threads) per image, which depends
@@ -67,44 +70,76 @@ def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: 
     pre-processing (decode, crops, resizes, masks) and batching alone, without file reads and
     record parsing. Comparing both numbers tells whether a host is bound by its storage and
     parsing or by the pre-processing.
+
+    ``data_dir``: read these ImageNet-FH shards (``{split}-*-of-*``, e.g. written by
+    ``python -m detcon_jax.fh_masks``) instead of generating the bundled photos' records.
     """
+    with tempfile.TemporaryDirectory() as tmp:
+        if data_dir is None:
+            src = _write_folder(pathlib.Path(tmp) / "src")
+            fh_masks.generate(src, pathlib.Path(tmp) / "records", workers=0, progress=False)
+            records, split = pathlib.Path(tmp) / "records", "train"
+        else:
+            records = data_dir
+        elapsed, cpu = _time_pipeline(records, split, batch_size, image_size, num_batches,
+                                      warmup_batches, threads, cache)
+    count = num_batches * batch_size
+    result = {"name": "input_pipeline", "img_per_s": count / elapsed,
+              "cpu_ms_per_img": 1e3 * cpu / count, "batch_size": batch_size,
+              "image_size": image_size, "cache": cache, "cpu_count": os.cpu_count()}
+    if data_dir is None:
+        result["image_shape"] = list(BENCH_SHAPE)
+    else:
+        result.update(data_dir=str(data_dir), split=split)
+    return result
+
+
+def _time_pipeline(records, split, batch_size, image_size, num_batches, warmup_batches,
+                   threads, cache) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``num_batches`` after ``warmup_batches``."""
     from detcon_jax import input_pipeline
 
-    with tempfile.TemporaryDirectory() as tmp:
-        src = _write_folder(pathlib.Path(tmp) / "src")
-        fh_masks.generate(src, pathlib.Path(tmp) / "records", workers=0, progress=False)
-        ds = input_pipeline.make_pretrain_dataset(
-            "imagenet_fh", data_dir=pathlib.Path(tmp) / "records", batch_size=batch_size,
-            image_size=image_size, mask_source="fh", shuffle_buffer=10 * batch_size, seed=0,
-            threads=threads, cache=cache)
-        it = ds.as_numpy_iterator()
-        for _ in range(warmup_batches):
-            next(it)
-        cpu, start = time.process_time(), time.perf_counter()
-        for _ in range(num_batches):
-            next(it)
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    count = num_batches * batch_size
-    return {"name": "input_pipeline", "img_per_s": count / elapsed,
-            "cpu_ms_per_img": 1e3 * cpu / count, "batch_size": batch_size,
-            "image_size": image_size, "image_shape": list(BENCH_SHAPE), "cache": cache,
-            "cpu_count": os.cpu_count()}
+    ds = input_pipeline.make_pretrain_dataset(
+        "imagenet_fh", data_dir=records, split=split, batch_size=batch_size,
+        image_size=image_size, mask_source="fh", shuffle_buffer=10 * batch_size, seed=0,
+        threads=threads, cache=cache)
+    it = ds.as_numpy_iterator()
+    for _ in range(warmup_batches):
+        next(it)
+    cpu, start = time.process_time(), time.perf_counter()
+    for _ in range(num_batches):
+        next(it)
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def bench_fh(*, workers: int = 1, repeats: int = 2) -> dict:
+def bench_fh(*, workers: int = 1, repeats: int = 2, data_dir: str | os.PathLike | None = None,
+             max_images: int = 20) -> dict:
     """Images/s of decode + Felzenszwalb (1000, 1000) + record serialisation
     (``fh_masks.process_item``, the path ``fh_masks.generate`` runs per image).
 
     ``workers=1``: in this process. ``workers>1``: through the tool's process pool
     (``fh_masks.make_pool``), timed at steady state after every worker has started and
-    processed one image; ``startup_s`` is the pool's start-up (process spawn, imports)."""
-    images = bench_images()
+    processed one image; ``startup_s`` is the pool's start-up (process spawn, imports).
+
+    ``data_dir``: the first ``max_images`` images of this folder (flat, ``images/`` or class
+    sub-folders, as ``fh_masks`` reads it) instead of the bundled photos.
+    """
     settings = [(1000.0, 1000)]
-    items = [fh_masks.Item(name=n, record=fh_masks.make_example(
-        d, None, label=0, filename=n, height=BENCH_SHAPE[0], width=BENCH_SHAPE[1]))
-        for n, d in images]
-    result = {"name": "fh_masks", "workers": workers, "image_shape": list(BENCH_SHAPE),
-              "cpu_count": os.cpu_count(), "scale": 1000, "min_size": 1000}
+    result = {"name": "fh_masks", "workers": workers, "cpu_count": os.cpu_count(),
+              "scale": 1000, "min_size": 1000}
+    if data_dir is None:
+        items = [fh_masks.Item(name=n, record=fh_masks.make_example(
+            d, None, label=0, filename=n, height=BENCH_SHAPE[0], width=BENCH_SHAPE[1]))
+            for n, d in bench_images()]
+        result["image_shape"] = list(BENCH_SHAPE)
+    else:
+        if not pathlib.Path(data_dir).is_dir():
+            raise FileNotFoundError(f"bench fh: --data_dir {data_dir} is not a directory")
+        items = fh_masks.list_image_files(data_dir)[:max_images]
+        if not items:
+            raise FileNotFoundError(f"bench fh: no images ({', '.join(fh_masks.IMAGE_EXTENSIONS)}) "
+                                    f"in {data_dir}")
+        result["data_dir"] = str(data_dir)
     if workers <= 1:
         fh_masks.process_item(items[0], settings)  # warm-up (imports, first decode)
         cpu, start = time.process_time(), time.perf_counter()
@@ -144,12 +179,18 @@ def main(argv=None) -> dict:
                         help="pipeline: parsed records held in memory (pre-processing alone)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2, help="fh: passes over the images")
+    parser.add_argument("--data_dir", default=None,
+                        help="pipeline: ImageNet-FH shards; fh: an image folder")
+    parser.add_argument("--split", default="train", help="pipeline: shard prefix")
+    parser.add_argument("--max_images", type=int, default=20, help="fh: images of --data_dir")
     args = parser.parse_args(argv)
     if args.what == "pipeline":
         result = bench_pipeline(batch_size=args.batch_size, image_size=args.image_size,
-                                num_batches=args.num_batches, cache=args.cache)
+                                num_batches=args.num_batches, cache=args.cache,
+                                data_dir=args.data_dir, split=args.split)
     else:
-        result = bench_fh(workers=args.workers, repeats=args.repeats)
+        result = bench_fh(workers=args.workers, repeats=args.repeats, data_dir=args.data_dir,
+                          max_images=args.max_images)
     result = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}
     print(json.dumps(result))
     return result

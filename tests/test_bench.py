@@ -7,12 +7,13 @@ with the documented keys holding positive, finite numbers.
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from detcon_jax import bench
+from detcon_jax import bench, fh_masks
 
 
 # Generous: the smoke runs must not fail because a shared CI machine is busy.
@@ -71,6 +72,35 @@ def test_pipeline_smoke(repo_root, cache):
     _assert_positive(result, "img_per_s", "peak_rss_mb", "cpu_ms_per_img")
     assert result["image_size"] == 32 and result["batch_size"] == 4
     assert result["cache"] is cache
+
+
+def test_pipeline_and_fh_on_the_users_data(repo_root, data_dir, tmp_path):
+    # --data_dir: the user's own image folder (fh) and FH shards written from it (pipeline).
+    images = tmp_path / "images"
+    images.mkdir()
+    for f in sorted((data_dir / "camvid" / "val" / "images").glob("*.jpg"))[:2]:
+        shutil.copy(f, images / f.name)
+    fh = _run(repo_root, "fh", f"--data_dir={tmp_path}", "--repeats=1")
+    _assert_positive(fh, "img_per_s")
+    assert fh["images"] == 2 and fh["data_dir"] == str(tmp_path)
+    fh_masks.generate(tmp_path, tmp_path / "shards", split="validation", workers=0,
+                      progress=False)
+    result = _run(repo_root, "pipeline", f"--data_dir={tmp_path / 'shards'}",
+                  "--split=validation", "--image_size=32", "--batch_size=2", "--num_batches=2")
+    _assert_positive(result, "img_per_s", "cpu_ms_per_img")
+    assert result["data_dir"] == str(tmp_path / "shards") and result["split"] == "validation"
+
+
+@pytest.mark.parametrize("what", ["pipeline", "fh"])
+def test_missing_data_dir_is_one_line_error(repo_root, tmp_path, what):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-m", "detcon_jax.bench", what, f"--data_dir={tmp_path / 'none'}"],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and not proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path / "none") in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_fh_smoke(repo_root):
