@@ -1,6 +1,6 @@
 """Input-side throughput: the tf.data pre-training pipeline and Felzenszwalb mask generation.
 
-Usage::
+Usage (the same flags as ``python -m detcon_jax.bench pipeline|fh``)::
 
   python -m detcon_jax.bench_input pipeline [--batch_size=32] [--image_size=224] [--cache]
       [--data_dir=SHARDS --split=train]
@@ -16,8 +16,6 @@ data instead: ImageNet-FH shards (``pipeline``) or an image folder (``fh``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import pathlib
 import tempfile
@@ -75,12 +73,11 @@ def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: 
     ``python -m detcon_jax.fh_masks``) instead of generating the bundled photos' records.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        if data_dir is None:
-            src = _write_folder(pathlib.Path(tmp) / "src")
-            fh_masks.generate(src, pathlib.Path(tmp) / "records", workers=0, progress=False)
-            records, split = pathlib.Path(tmp) / "records", "train"
-        else:
-            records = data_dir
+        records = data_dir
+        if records is None:
+            records = pathlib.Path(tmp) / "records"
+            fh_masks.generate(_write_folder(pathlib.Path(tmp) / "src"), records, split=split,
+                              workers=0, progress=False)
         elapsed, cpu = _time_pipeline(records, split, batch_size, image_size, num_batches,
                                       warmup_batches, threads, cache)
     count = num_batches * batch_size
@@ -168,33 +165,13 @@ def bench_fh(*, workers: int = 1, repeats: int = 2, data_dir: str | os.PathLike 
     return result
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m detcon_jax.bench_input",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("pipeline", "fh"))
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--num_batches", type=int, default=50)
-    parser.add_argument("--cache", action="store_true",
-                        help="pipeline: parsed records held in memory (pre-processing alone)")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2, help="fh: passes over the images")
-    parser.add_argument("--data_dir", default=None,
-                        help="pipeline: ImageNet-FH shards; fh: an image folder")
-    parser.add_argument("--split", default="train", help="pipeline: shard prefix")
-    parser.add_argument("--max_images", type=int, default=20, help="fh: images of --data_dir")
-    args = parser.parse_args(argv)
-    if args.what == "pipeline":
-        result = bench_pipeline(batch_size=args.batch_size, image_size=args.image_size,
-                                num_batches=args.num_batches, cache=args.cache,
-                                data_dir=args.data_dir, split=args.split)
-    else:
-        result = bench_fh(workers=args.workers, repeats=args.repeats, data_dir=args.data_dir,
-                          max_images=args.max_images)
-    result = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items()}
-    print(json.dumps(result))
-    return result
+def main(argv=None) -> int:
+    """``python -m detcon_jax.bench_input pipeline|fh ...``: the same command line as
+    ``python -m detcon_jax.bench pipeline|fh`` (one parser, in ``bench``)."""
+    from detcon_jax import bench
+
+    return bench.main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
