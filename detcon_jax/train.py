@@ -41,6 +41,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from detcon_jax import config as config_lib
+from detcon_jax import configs
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/*.py); override keys with "
@@ -64,12 +65,9 @@ def _error_exit(message: str) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, but any flag or config error is one line and exit status 2."""
     try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # config_flags raises plain KeyError/AttributeError/TypeError
-        text = " ".join(str(e).split()).replace('"', "")
-        bad = [a for a in argv[1:] if a.startswith("--config.")]
-        where = f" (in {' '.join(bad)})" if bad else ""
-        _error_exit(f"bad flag: {type(e).__name__}: {text}{where}")
+        return configs.parse_flags(argv)
+    except config_lib.ConfigError as e:
+        _error_exit(str(e))
         raise  # unreachable
 
 
@@ -144,9 +142,7 @@ def derive_steps(config: Any, images_per_epoch: int) -> tuple[int, int]:
         warmup = config.optim.warmup_epochs * images_per_epoch // config.batch_size
     if config.num_steps is not None:
         total = config.num_steps
-    if warmup >= total:
-        raise config_lib.ConfigError(
-            f"config key 'optim.warmup_epochs': {warmup} warm-up steps >= {total} total steps")
+    config_lib.check_schedule(warmup, total)
     return warmup, total
 
 
