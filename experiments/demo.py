@@ -1,10 +1,9 @@
 """Demo: DetCon-B with Felzenszwalb masks on the photos bundled with scikit-image.
 
-A ResNet-18 at 128 px (a 4x4 feature grid), batch 8, 200 steps: about 3 minutes on an idle
-2-core CPU (up to ~10 when the cores are shared), no data to download. The loss (mean over
-each 10 steps, logged to the console, ``WORKDIR/metrics.jsonl`` and TensorBoard under
-``WORKDIR/tensorboard``) goes down visibly: on our 2-core machine from 2.22 over the first 10
-steps to 1.58-1.73 from step 100 on.
+A ResNet-18 at 128 px (a 4x4 feature grid), batch 8, 200 steps: a few minutes on a 2-core
+CPU (docs/experiments.md), no data to download. The loss (mean over each 10 steps, logged to
+the console, ``WORKDIR/metrics.jsonl`` and TensorBoard under ``WORKDIR/tensorboard``) goes
+down visibly.
 
 Run:
     python -m detcon_jax.train --config=experiments/demo.py --workdir=/tmp/detcon_demo

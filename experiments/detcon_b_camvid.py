@@ -4,9 +4,8 @@ A laptop-scale version of the paper's mask ablation (Hénaff et al., ICCV 2021, 
 2103.10957, which compares spatial-heuristic, Felzenszwalb-Huttenlocher and human-annotated
 masks): DetCon-B pre-training on the 367 CamVid training images (360 x 480) with one of three
 mask sources, everything else fixed. It does not reproduce a number from the paper; it shows
-the effect of the masks on real scene images on a CPU (measured end to end: about 6 s per
-step at batch 32 on 2 shared cores, so about 2 hours for the 1,146 steps; see
-docs/experiments.md), and its checkpoints feed the segmentation probe in
+the effect of the masks on real scene images on a CPU (about 2 hours for the 1,146 steps on
+2 cores; docs/experiments.md), and its checkpoints feed the segmentation probe in
 ``detcon_jax.evaluate``.
 
 - ``gt`` (default): the CamVid label maps (12 classes incl. "unlabelled") as masks;

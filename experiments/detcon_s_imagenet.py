@@ -34,24 +34,8 @@ from ml_collections import config_dict
 from detcon_jax import configs
 
 
-def _simclr_view() -> dict:
-    """SimCLR's augmentation for one view, as overrides of this code's per-view settings."""
-    return dict(
-        color_transform=dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
-                             color_jitter_prob=0.8, to_grayscale_prob=0.2),
-        gaussian_blur=dict(apply_prob=0.5),
-        solarize=dict(apply_prob=0.0),
-    )
-
-
 def get_config() -> config_dict.ConfigDict:
     """DetCon-S / ImageNet config: the base with SimCLR's heads, optimiser and augmentations."""
-    config = configs.get_config()
+    config = configs.simclr.apply(configs.get_config())
     config.method = "detcon_s"
-    config.model.mlp_hidden_size = 2048
-    config.model.projection_size = 128
-    config.optim.base_learning_rate = 0.3
-    config.optim.weight_decay = 1e-6
-    config.augment.view1 = _simclr_view()
-    config.augment.view2 = _simclr_view()
-    return config.lock()
+    return config

@@ -33,28 +33,12 @@ from ml_collections import config_dict
 from detcon_jax import configs
 
 
-def _simclr_view() -> dict:
-    """SimCLR's augmentation for one view, as overrides of this code's per-view settings."""
-    return dict(
-        color_transform=dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
-                             color_jitter_prob=0.8, to_grayscale_prob=0.2),
-        gaussian_blur=dict(apply_prob=0.5),
-        solarize=dict(apply_prob=0.0),
-    )
-
-
 def get_config() -> config_dict.ConfigDict:
     """SimCLR / ImageNet config: the base with SimCLR's objective, heads, optimiser and
     augmentations."""
-    config = configs.get_config()
+    config = configs.simclr.apply(configs.get_config())
     config.method = "simclr"
-    config.model.mlp_hidden_size = 2048
-    config.model.projection_size = 128
     # One whole-image region per view.
     config.masks.source = "none"
     config.masks.num_samples = 1
-    config.optim.base_learning_rate = 0.3
-    config.optim.weight_decay = 1e-6
-    config.augment.view1 = _simclr_view()
-    config.augment.view2 = _simclr_view()
-    return config.lock()
+    return config

@@ -16,11 +16,14 @@ An experiment file (``experiments/*.py``) is the base plus its overrides::
 - `load`: a config file as the train CLI reads it, with dotted overrides.
 - `apply_overrides`: dotted overrides on a config (unknown keys named with the nearest one).
 - `parse_flags`: absl flag parsing whose flag and config errors are one-line `ConfigError`s.
+- `simclr`: SimCLR's ImageNet setting (``simclr.apply(config)``), shared by the DetCon-S and
+  SimCLR experiments.
 
 Only ml-collections and absl are imported: a config loads without JAX or TensorFlow.
 """
 
 from detcon_jax.config import ConfigError
+from detcon_jax.configs import simclr
 from detcon_jax.configs.args import Choice, ConfigArgError, parse_arg
 from detcon_jax.configs.base import get_config
 from detcon_jax.configs.loading import apply_overrides, load, parse_flags
@@ -34,4 +37,5 @@ __all__ = [
     "load",
     "parse_arg",
     "parse_flags",
+    "simclr",
 ]
