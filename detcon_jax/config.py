@@ -19,7 +19,7 @@ keys; ``None`` is allowed only where marked optional):
 - ``optim``: ``base_learning_rate`` (scaled by batch/256), ``weight_decay``, ``momentum``,
   ``trust_coefficient``, ``base_ema``, ``warmup_epochs`` (optional; default
   ``num_epochs // 100`` as the official code).
-- ``data``: ``source`` (see ``input_pipeline.SOURCES``), ``path`` (data directory; '' for
+- ``data``: ``source`` (see ``data.SOURCES``), ``path`` (data directory; '' for
   none), ``split``, ``tfds_name`` ('' unless ``source='tfds'``), ``image_size`` (multiple of
   32), ``num_examples`` (optional override of the data-set size used to derive steps),
   ``synthetic_num_images`` (size of the ``synthetic`` source), ``shuffle_buffer`` (optional;

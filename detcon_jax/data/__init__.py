@@ -16,6 +16,7 @@ Modules, in import order (each imports only those above it):
 * ``evaluation``: the evaluation builders.
 """
 
+from detcon_jax.data import sources
 from detcon_jax.data.decode import decode_id_png, decode_image, image_shape
 from detcon_jax.data.evaluation import make_eval_dataset, make_segmentation_dataset, pad_batch
 from detcon_jax.data.framing import PipelineStats, is_valid_encoded_image, num_skipped
@@ -62,6 +63,7 @@ __all__ = [
     "pad_batch",
     "random_crop_window",
     "source_dataset",
+    "sources",
     "synthetic_images",
     "tfds_mask",
     "two_views",
