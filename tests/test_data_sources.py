@@ -6,7 +6,8 @@ import tensorflow as tf
 from data_helpers import SIZE, configs, take_batches
 from scipy import ndimage
 
-from detcon_jax.data import PipelineStats, evaluation, pretrain, sources
+from detcon_jax import config
+from detcon_jax.data import PipelineStats, evaluation, mask_sources, pretrain, sources
 
 
 def test_per_host_sharding_is_disjoint_and_complete():
@@ -97,3 +98,9 @@ def test_tfds_mask_merges_instances_and_panoptic_ids():
     rgb[1, :] = [5, 0, 1]
     panoptic = sources.tfds_mask({"panoptic_image": rgb}).numpy()[..., 0]
     np.testing.assert_array_equal(panoptic, [[0, 1, 0], [2, 2, 2]])
+
+
+def test_registries_match_the_config_validation():
+    # config.validate runs before TensorFlow is imported, so it keeps its own name lists.
+    assert tuple(sources.SOURCES) == config.DATA_SOURCES
+    assert mask_sources.MASK_SOURCES == config.MASK_SOURCES

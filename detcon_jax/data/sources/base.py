@@ -121,6 +121,6 @@ class ListedSource(Source):
     def dataset(self, shard: Shard, *, shuffle_files: bool, seed: int,
                 stats: framing.PipelineStats, mask_fn: MaskFn) -> tf.data.Dataset:
         ds, load = self.listing(shard, shuffle_files=shuffle_files, seed=seed)
-        ds = ds.map(lambda *args: load(*args), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(load, num_parallel_calls=AUTOTUNE)
         ds = framing.filter_valid(ds, stats)
         return ds.map(mask_fn, num_parallel_calls=AUTOTUNE)

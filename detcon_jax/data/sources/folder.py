@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -48,7 +49,8 @@ class FolderSource(base.ListedSource):
     def num_examples(self) -> int:
         return len(base.list_images(self.root / "images"))
 
-    def listing(self, shard, *, shuffle_files, seed):
+    def listing(self, shard: base.Shard, *, shuffle_files: bool,
+                seed: int) -> tuple[tf.data.Dataset, Callable[..., base.Example]]:
         del shuffle_files, seed  # one folder: the pipeline's example shuffle does the work
         root, image_dir = self.root, self.root / "images"
         if not image_dir.is_dir():

@@ -88,7 +88,8 @@ class ImagenetFhSource(base.Source):
             return KNOWN_SIZES[(self.split, total)]
         return int(sum(1 for f in files for _ in tf.data.TFRecordDataset(f)))
 
-    def dataset(self, shard, *, shuffle_files, seed, stats, mask_fn):
+    def dataset(self, shard: base.Shard, *, shuffle_files: bool, seed: int,
+                stats: framing.PipelineStats, mask_fn: base.MaskFn) -> tf.data.Dataset:
         pattern = self.pattern
         files = sorted(tf.io.gfile.glob(pattern))
         if not files:

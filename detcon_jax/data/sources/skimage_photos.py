@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -43,7 +44,8 @@ class SkimageSource(base.ListedSource):
     def num_examples(self) -> int:
         return len(skimage_photo_paths())
 
-    def listing(self, shard, *, shuffle_files, seed):
+    def listing(self, shard: base.Shard, *, shuffle_files: bool,
+                seed: int) -> tuple[tf.data.Dataset, Callable[..., base.Example]]:
         del shuffle_files, seed
         paths = [str(p) for p in skimage_photo_paths()]
         if not paths:

@@ -3,6 +3,7 @@ smoke runs; nothing is read from disk)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,8 @@ class SyntheticSource(base.ListedSource):
     def num_examples(self) -> int:
         return self.num_images
 
-    def listing(self, shard, *, shuffle_files, seed):
+    def listing(self, shard: base.Shard, *, shuffle_files: bool,
+                seed: int) -> tuple[tf.data.Dataset, Callable[..., base.Example]]:
         del shuffle_files
         images, ids = synthetic_images(self.num_images, *self.shape, seed=seed)
         index = shard.select(range(self.num_images), "synthetic images")
