@@ -153,35 +153,22 @@ def _make_dataset(config: Any, *, start_batch: int):
     """
     import tensorflow as tf
 
-    from detcon_jax import input_pipeline
+    from detcon_jax import data
 
     # The input pipeline must never take accelerator memory from JAX.
     tf.config.set_visible_devices([], "GPU")
-    d = config.data
-    stats = input_pipeline.PipelineStats()
+    stats = data.PipelineStats()
     if start_batch:
         logging.info("Fast-forwarding the input pipeline by %d batches.", start_batch)
-    ds = input_pipeline.make_pretrain_dataset(
-        d.source,
+    ds = data.make_pretrain_dataset(
+        config.data,
+        config.masks,
         batch_size=config.batch_size // jax.process_count(),
-        image_size=d.image_size,
-        data_dir=d.path or None,
-        split=d.split,
-        mask_source=config.masks.source,
-        tfds_name=d.tfds_name or None,
-        grid_size=config.masks.grid_size,
-        fh_scale=d.fh_scale,
-        fh_min_size=d.fh_min_size,
-        fh_index=config.masks.fh_index,
-        synthetic_num_images=d.synthetic_num_images,
+        stats=stats,
+        seed=config.seed,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        shuffle_buffer=d.shuffle_buffer,
-        cache=d.cache,
-        deterministic=d.deterministic,
-        seed=config.seed,
         skip_batches=start_batch,
-        stats=stats,
     )
     return ds.as_numpy_iterator(), stats
 
@@ -218,21 +205,18 @@ def _check_remote_data_path(config: Any) -> None:
     """``gs://``-style data paths are checked here (config.validate only sees local ones)."""
     path = config.data.path
     if path and config_lib.is_url(path):
-        from detcon_jax import input_pipeline
+        from detcon_jax import data
 
-        if not input_pipeline.data_dir_exists(path):
+        if not data.data_dir_exists(path):
             raise config_lib.ConfigError(config_lib.data_path_error(path))
 
 
 def _num_examples(config: Any) -> int:
-    from detcon_jax import input_pipeline
+    from detcon_jax import data
 
-    d = config.data
-    if d.num_examples is not None:
-        return d.num_examples
-    return input_pipeline.num_examples(
-        d.source, data_dir=d.path or None, split=d.split, tfds_name=d.tfds_name or None,
-        synthetic_num_images=d.synthetic_num_images)
+    if config.data.num_examples is not None:
+        return config.data.num_examples
+    return data.num_examples(config.data)
 
 
 def _first_non_finite(pending: list[tuple[int, dict]]) -> int | None:

@@ -397,14 +397,14 @@ def test_refused_record_stops_with_status_3_naming_it(tmp_path):
 def test_sixteen_bit_id_map_with_ids_beyond_uint8_names_the_record(tmp_path):
     import tensorflow as tf
 
-    from detcon_jax import input_pipeline
+    from detcon_jax.data import decode
 
     ids = np.arange(40 * 48, dtype=np.uint16).reshape(40, 48, 1) % 300
     data = tf.io.encode_png(tf.constant(ids)).numpy()
     small = tf.io.encode_png(tf.constant(ids % 200)).numpy()
     # 16-bit maps with ids < 256 decode to the same ids (decode_png alone would rescale).
-    np.testing.assert_array_equal(input_pipeline.decode_id_png(small, "ok.png").numpy(),
+    np.testing.assert_array_equal(decode.decode_id_png(small, "ok.png").numpy(),
                                   ids % 200)
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
-        input_pipeline.decode_id_png(data, "labels/x.png").numpy()
+        decode.decode_id_png(data, "labels/x.png").numpy()
     assert "overflow uint8" in str(error.value) and "labels/x.png" in str(error.value)

@@ -26,14 +26,14 @@ def bench_images(shape: tuple[int, int] = BENCH_SHAPE) -> list[tuple[str, bytes]
     import skimage
     import tensorflow as tf
 
-    from detcon_jax import input_pipeline
+    from detcon_jax import data
 
     out = []
-    for name in input_pipeline.SKIMAGE_PHOTOS:
+    for name in data.SKIMAGE_PHOTOS:
         path = pathlib.Path(skimage.data_dir) / name
         if not path.is_file():
             continue
-        image = input_pipeline.decode_image(path.read_bytes())
+        image = data.decode_image(path.read_bytes())
         image = tf.image.resize(image, shape, antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         out.append((pathlib.Path(name).stem + ".jpg", tf.io.encode_jpeg(image, quality=90)
@@ -92,12 +92,17 @@ def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: 
 def _time_pipeline(records, split, batch_size, image_size, num_batches, warmup_batches,
                    threads, cache) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of ``num_batches`` after ``warmup_batches``."""
-    from detcon_jax import input_pipeline
+    from ml_collections import ConfigDict
 
-    ds = input_pipeline.make_pretrain_dataset(
-        "imagenet_fh", data_dir=records, split=split, batch_size=batch_size,
-        image_size=image_size, mask_source="fh", shuffle_buffer=10 * batch_size, seed=0,
-        threads=threads, cache=cache)
+    from detcon_jax import data
+
+    pipeline = ConfigDict(dict(
+        source="imagenet_fh", path=str(records), split=split, image_size=image_size,
+        shuffle_buffer=10 * batch_size, cache=cache, deterministic=False, fh_scale=1000.0,
+        fh_min_size=1000))
+    masks = ConfigDict(dict(source="fh", grid_size=4, fh_index=0))
+    ds = data.make_pretrain_dataset(pipeline, masks, batch_size=batch_size,
+                                    stats=data.PipelineStats(), seed=0, threads=threads)
     it = ds.as_numpy_iterator()
     for _ in range(warmup_batches):
         next(it)

@@ -28,7 +28,7 @@ Keys:
 - ``loss``: ``temperature``.
 - ``optim``: ``base_learning_rate`` (scaled by batch/256), ``weight_decay``, ``momentum``,
   ``trust_coefficient``, ``base_ema``, ``warmup_epochs`` (optional).
-- ``data``: ``source`` (see ``input_pipeline.SOURCES``), ``path`` (data directory or URI;
+- ``data``: ``source`` (see ``data.SOURCES``), ``path`` (data directory or URI;
   '' for none), ``split``, ``tfds_name`` ('' unless ``source='tfds'``), ``image_size``
   (multiple of 32), ``num_examples`` (optional: the data-set size used to derive steps;
   ``None`` counts the source), ``synthetic_num_images`` (size of the ``synthetic`` source),
