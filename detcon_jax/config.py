@@ -15,7 +15,16 @@ keys; ``None`` is allowed only where marked optional):
   ``depth``, e.g. the official TinyResNet ``(1, 1, 1, 1)``, ``(8, 8, 8, 8)``).
 - ``masks``: ``source`` (``'fh' | 'gt' | 'grid' | 'none'``), ``num_samples`` (mask ids per
   view), ``max_mask_id`` (<= 256: ids are uint8), ``grid_size``, ``fh_index``.
-- ``loss``: ``temperature``.
+- ``loss``: ``temperature``; the paper's ablations (docs/experiments.md, "Loss
+  ablations"): ``negatives`` (``'global'``: every image of the global batch, the official
+  default; ``'group'``: only the images of the query's block of ``negatives_group_size``
+  consecutive images, the official ``use_replicator_loss=False`` when that is the
+  per-device batch), ``negatives_group_size`` (optional; set exactly when
+  ``negatives='group'``, a divisor of ``batch_size``), ``same_image_negatives`` (the
+  official ``local_negatives``: the other masks of the own image are negatives),
+  ``cross_view`` (``False``: positives and negatives within each view, "without two
+  views"). BYOL has no negatives (only ``cross_view`` applies); SimCLR has one mask per
+  image (``same_image_negatives`` does not apply).
 - ``optim``: ``base_learning_rate`` (scaled by batch/256), ``weight_decay``, ``momentum``,
   ``trust_coefficient``, ``base_ema``, ``warmup_epochs`` (optional; default
   ``num_epochs // 100`` as the official code).
@@ -60,6 +69,7 @@ DTYPES = ("float32", "bfloat16")
 # Sources that cannot work without a data directory.
 SOURCES_NEEDING_PATH = ("imagenet_fh", "folder")
 DATA_SOURCES = ("imagenet_fh", "tfds", "folder", "skimage", "synthetic")
+NEGATIVES = ("global", "group")
 
 
 class ConfigError(ValueError):
@@ -99,7 +109,13 @@ _SCHEMA: dict[str, Any] = {
         "grid_size": int,
         "fh_index": int,
     },
-    "loss": {"temperature": float},
+    "loss": {
+        "temperature": float,
+        "negatives": str,
+        "negatives_group_size": _Optional(int),
+        "same_image_negatives": bool,
+        "cross_view": bool,
+    },
     "optim": {
         "base_learning_rate": float,
         "weight_decay": float,
@@ -229,7 +245,6 @@ def validate(config: Any) -> None:
                  f"gives {k.grid_size**2} cells, more than masks.max_mask_id={k.max_mask_id}")
     _require(k.fh_index >= 0, "masks.fh_index", f"must be >= 0, got {k.fh_index}")
 
-    _require(config.loss.temperature > 0, "loss.temperature", "must be > 0")
     o = config.optim
     _require(o.base_learning_rate >= 0, "optim.base_learning_rate", "must be >= 0")
     _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
@@ -259,6 +274,7 @@ def validate(config: Any) -> None:
         raise ConfigError(data_path_error(d.path))
 
     _require(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
+    _validate_loss(config)
     _require(config.num_epochs >= 1, "num_epochs", f"must be >= 1, got {config.num_epochs}")
     if config.num_steps is not None:
         _require(config.num_steps >= 1, "num_steps", f"must be >= 1, got {config.num_steps}")
@@ -267,6 +283,34 @@ def validate(config: Any) -> None:
     _require(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
     sizes = list(_as_dict(config.mesh).values())
     _require(sizes.count(-1) <= 1, "mesh", "may have at most one axis of size -1")
+
+
+def _validate_loss(config: Any) -> None:
+    """The loss keys, including which ablation switches mean something for the method."""
+    loss = config.loss
+    _require(loss.temperature > 0, "loss.temperature", "must be > 0")
+    _require(loss.negatives in NEGATIVES, "loss.negatives",
+             f"must be one of {NEGATIVES}, got {loss.negatives!r}")
+    size = loss.negatives_group_size
+    if loss.negatives == "group":
+        _require(size is not None, "loss.negatives_group_size",
+                 "must be set (images per group) for loss.negatives='group'")
+        _require(size >= 1, "loss.negatives_group_size", f"must be >= 1, got {size}")
+        _require(config.batch_size % size == 0,
+                 "loss.negatives_group_size",
+                 f"must divide batch_size={config.batch_size}, got {size}")
+    else:
+        _require(size is None, "loss.negatives_group_size",
+                 f"is only used with loss.negatives='group' (got {size} with "
+                 f"loss.negatives={loss.negatives!r}); leave it None")
+    if config.method == "byol":
+        _require(loss.negatives == "global", "loss.negatives",
+                 "does not apply to method 'byol' (a regression loss without negatives); "
+                 "leave it 'global'")
+    if config.method in ("byol", "simclr"):
+        _require(loss.same_image_negatives, "loss.same_image_negatives",
+                 f"does not apply to method {config.method!r} (one mask per image, no other "
+                 "mask of the same image); leave it True")
 
 
 def is_url(path: str) -> bool:
