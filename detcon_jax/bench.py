@@ -4,7 +4,8 @@ Usage::
 
   python -m detcon_jax.bench step --model=resnet50 --image_size=96 --batch_size=8 \
       [--devices=N] [--dtype=bfloat16]
-  python -m detcon_jax.bench loss --batch_per_device=128 --devices=8 --num_masks=16 --dim=256
+  python -m detcon_jax.bench loss --batch_per_device=128 --devices=8 --num_masks=16 --dim=256 \
+      [--negatives_group_size=N]
   python -m detcon_jax.bench pipeline --image_size=224 [--cache] [--data_dir=SHARDS]
   python -m detcon_jax.bench fh [--workers=N] [--data_dir=IMAGES]
 
@@ -296,7 +297,8 @@ def _loss_inputs(global_batch: int, rois: int, dim: int, seed: int = 0
 
 def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 256,
                repeats: int = 3, num_chunks: int | None = None, compare_direct: bool = False,
-               temperature: float = 0.1) -> dict[str, Any]:
+               temperature: float = 0.1, negatives_group_size: int | None = None
+               ) -> dict[str, Any]:
     """Temporary memory and time of the DetCon-B loss forward+backward, batch-sharded.
 
     The batch axis of the inputs is split over every visible device; gradients are taken
@@ -311,6 +313,9 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
       compare_direct: also run the direct port once and report the value and gradient
         differences and its time (needs the direct port's full memory).
       temperature: softmax temperature.
+      negatives_group_size: negatives from blocks of this many images only (config
+        ``loss.negatives='group'``; the direct port then runs the official
+        ``use_replicator_loss=False`` formulation); ``None``: the global batch.
 
     Returns:
       ``seconds``, ``temp_bytes``, ``direct_temp_bytes``, ``memory_ratio`` (ours / direct)
@@ -327,7 +332,8 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
     num_devices = jax.device_count()
     global_batch = batch_per_device * num_devices
     if num_chunks is None:
-        num_chunks = losses.auto_num_chunks(global_batch, num_masks, num_devices=num_devices)
+        num_chunks = losses.auto_num_chunks(global_batch, num_masks, num_devices=num_devices,
+                                            negatives_group_size=negatives_group_size)
     shard = sharding.batch_sharding(mesh)
     embeddings, (ids1, ids2) = _loss_inputs(global_batch, num_masks, dim)
     args = [jax.device_put(x, shard) for x in (*embeddings, ids1, ids2)]
@@ -336,11 +342,13 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
         def f(p1, p2, t1, t2, i1, i2):
             return jax.value_and_grad(
                 lambda a, b: loss_fn(a, b, t1, t2, i1, i2, i1, i2, temperature=temperature,
-                                     **kwargs), argnums=(0, 1))(p1, p2)
+                                     negatives_group_size=negatives_group_size, **kwargs),
+                argnums=(0, 1))(p1, p2)
         return jax.jit(f, in_shardings=(shard,) * 6)
 
     _log(f"loss: B_global={global_batch} ({num_devices} devices x {batch_per_device}), "
-         f"R={num_masks}, D={dim}, {num_chunks} chunk(s): compiling")
+         f"R={num_masks}, D={dim}, negatives group {negatives_group_size or 'global'}, "
+         f"{num_chunks} chunk(s): compiling")
     lean = value_and_grad(losses.detcon_b_loss, num_chunks=num_chunks)
     direct = value_and_grad(losses.detcon_b_loss_reference)
     start = time.perf_counter()
@@ -359,7 +367,8 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
     result: dict[str, Any] = {
         "name": "detcon_b_loss", "batch_per_device": batch_per_device,
         "global_batch": global_batch, "num_masks": num_masks, "dim": dim,
-        "num_chunks": num_chunks, "seconds": seconds, "run_s": times, "cpu_s": cpu_s,
+        "num_chunks": num_chunks, "negatives_group_size": negatives_group_size,
+        "seconds": seconds, "run_s": times, "cpu_s": cpu_s,
         "compile_s": compile_s,
         "loss": float(value),
         "temp_bytes": int(lean_mem.temp_size_in_bytes),
@@ -455,6 +464,8 @@ def _parser() -> argparse.ArgumentParser:
     loss.add_argument("--num_masks", type=int, default=16)
     loss.add_argument("--dim", type=int, default=256)
     loss.add_argument("--num_chunks", type=int, default=None)
+    loss.add_argument("--negatives_group_size", type=int, default=None,
+                      help="negatives from blocks of this many images (loss.negatives='group')")
     loss.add_argument("--repeats", type=int, default=3)
     loss.add_argument("--compare_direct", action="store_true",
                       help="also run the direct port and report value/gradient differences")
@@ -546,7 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.what == "loss":
         result = bench_loss(batch_per_device=args.batch_per_device, num_masks=args.num_masks,
                             dim=args.dim, repeats=args.repeats, num_chunks=args.num_chunks,
-                            compare_direct=args.compare_direct)
+                            compare_direct=args.compare_direct,
+                            negatives_group_size=args.negatives_group_size)
     else:
         try:
             if args.what == "pipeline":
