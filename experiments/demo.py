@@ -38,14 +38,10 @@ def get_config() -> config_dict.ConfigDict:
         grid_size=4,
         fh_index=0,
     ))
+    # The official loss; its ablation switches: docs/experiments.md, "Loss ablations".
     config.loss = config_dict.ConfigDict(dict(
-        temperature=0.1,
-        # The official loss; the ablation switches: docs/experiments.md, "Loss ablations".
-        negatives="global",
-        negatives_group_size=config_dict.placeholder(int),
-        same_image_negatives=True,
-        cross_view=True,
-    ))
+        temperature=0.1, negatives="global", negatives_group_size=config_dict.placeholder(int),
+        same_image_negatives=True, cross_view=True))
     config.optim = config_dict.ConfigDict(dict(
         # Scaled by batch/256: 8 images give the learning rate the official recipe reaches
         # at batch 4096 (0.2 x 4096/256 = 3.2); at 0.2 x 8/256 the demo would barely move.

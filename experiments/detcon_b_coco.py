@@ -80,14 +80,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         grid_size=4,
         fh_index=0,
     ))
+    # The official loss; its ablation switches: docs/experiments.md, "Loss ablations".
     config.loss = config_dict.ConfigDict(dict(
-        temperature=0.1,
-        # The official loss; the ablation switches: docs/experiments.md, "Loss ablations".
-        negatives="global",
-        negatives_group_size=config_dict.placeholder(int),
-        same_image_negatives=True,
-        cross_view=True,
-    ))
+        temperature=0.1, negatives="global", negatives_group_size=config_dict.placeholder(int),
+        same_image_negatives=True, cross_view=True))
     config.optim = config_dict.ConfigDict(dict(
         base_learning_rate=0.2,
         weight_decay=1.5e-6,
