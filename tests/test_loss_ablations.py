@@ -405,8 +405,13 @@ def _config(method="detcon_b", **loss):
     return config
 
 
-def test_defaults_are_the_official_loss():
-    loss = _smoke_config().loss
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_every_experiment_defaults_to_the_official_loss(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    loss = module.get_config().loss
     assert (loss.negatives, loss.negatives_group_size, loss.same_image_negatives,
             loss.cross_view) == ("global", None, True, True)
 
