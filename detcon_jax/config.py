@@ -36,6 +36,7 @@ DTYPES = ("float32", "bfloat16")
 # Sources that cannot work without a data directory.
 SOURCES_NEEDING_PATH = ("imagenet_fh", "folder")
 DATA_SOURCES = ("imagenet_fh", "tfds", "folder", "skimage", "synthetic")
+NEGATIVES = ("global", "group")
 
 
 class ConfigError(ValueError):
@@ -99,7 +100,6 @@ def validate(config: Any) -> None:
                  f"gives {k.grid_size**2} cells, more than masks.max_mask_id={k.max_mask_id}")
     _require(k.fh_index >= 0, "masks.fh_index", f"must be >= 0, got {k.fh_index}")
 
-    _require(config.loss.temperature > 0, "loss.temperature", "must be > 0")
     o = config.optim
     _require(o.base_learning_rate >= 0, "optim.base_learning_rate", "must be >= 0")
     _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
@@ -129,6 +129,7 @@ def validate(config: Any) -> None:
         raise ConfigError(data_path_error(d.path))
 
     _require(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
+    _validate_loss(config)
     _require(config.num_epochs >= 1, "num_epochs", f"must be >= 1, got {config.num_epochs}")
     if config.num_steps is not None:
         _require(config.num_steps >= 1, "num_steps", f"must be >= 1, got {config.num_steps}")
@@ -150,6 +151,34 @@ def check_schedule(warmup_steps: int, total_steps: int) -> None:
             f"config key 'optim.warmup_epochs': {warmup_steps} warm-up steps >= {total_steps} "
             f"total steps (for a short run add --config.optim.warmup_epochs=0, or train more "
             f"than {warmup_steps} steps)")
+
+
+def _validate_loss(config: Any) -> None:
+    """The loss keys, including which ablation switches mean something for the method."""
+    loss = config.loss
+    _require(loss.temperature > 0, "loss.temperature", "must be > 0")
+    _require(loss.negatives in NEGATIVES, "loss.negatives",
+             f"must be one of {NEGATIVES}, got {loss.negatives!r}")
+    size = loss.negatives_group_size
+    if loss.negatives == "group":
+        _require(size is not None, "loss.negatives_group_size",
+                 "must be set (images per group) for loss.negatives='group'")
+        _require(size >= 1, "loss.negatives_group_size", f"must be >= 1, got {size}")
+        _require(config.batch_size % size == 0,
+                 "loss.negatives_group_size",
+                 f"must divide batch_size={config.batch_size}, got {size}")
+    else:
+        _require(size is None, "loss.negatives_group_size",
+                 f"is only used with loss.negatives='group' (got {size} with "
+                 f"loss.negatives={loss.negatives!r}); leave it None")
+    if config.method == "byol":
+        _require(loss.negatives == "global", "loss.negatives",
+                 "does not apply to method 'byol' (a regression loss without negatives); "
+                 "leave it 'global'")
+    if config.method in ("byol", "simclr"):
+        _require(loss.same_image_negatives, "loss.same_image_negatives",
+                 f"does not apply to method {config.method!r} (one mask per image, no other "
+                 "mask of the same image); leave it True")
 
 
 def is_url(path: str) -> bool:

@@ -190,29 +190,36 @@ def _sample_view_masks(config: Any, rng: jax.Array, segmentation: jax.Array,
 def _representation_loss(config: Any, online: tuple[Metrics, Metrics],
                          target: tuple[Metrics, Metrics] | None,
                          ids: tuple[jax.Array, jax.Array], *, num_devices: int) -> jax.Array:
-    t = config.loss.temperature
+    c = config.loss
     (o1, o2), (ids1, ids2) = online, ids
+    # The ablation switches (validated in config.py): negatives from the whole global batch
+    # or from blocks of it, same-image negatives, cross-view or within-view contrast.
+    group = c.negatives_group_size if c.negatives == "group" else None
+    contrast = dict(temperature=c.temperature, cross_view=c.cross_view,
+                    negatives_group_size=group)
     # Shapes are global here: the chunking of the lean loss sees the whole batch and is told
     # how many devices share it, instead of naming a mesh axis.
     batch, rois = o1["projection"].shape[:2]
-    num_chunks = losses.auto_num_chunks(batch, rois, num_devices=num_devices)
+    num_chunks = losses.auto_num_chunks(batch, rois, num_devices=num_devices,
+                                        negatives_group_size=group)
     if config.method == "detcon_b":
         return losses.detcon_b_loss(
             o1["prediction"], o2["prediction"],
             jax.lax.stop_gradient(target[0]["projection"]),
             jax.lax.stop_gradient(target[1]["projection"]),
-            ids1, ids2, ids1, ids2, temperature=t, num_chunks=num_chunks)
+            ids1, ids2, ids1, ids2, local_negatives=c.same_image_negatives,
+            num_chunks=num_chunks, **contrast)
     if config.method == "byol":
         return losses.byol_loss(
             o1["prediction"], o2["prediction"],
             jax.lax.stop_gradient(target[0]["projection"]),
-            jax.lax.stop_gradient(target[1]["projection"]))
+            jax.lax.stop_gradient(target[1]["projection"]), cross_view=c.cross_view)
     if config.method == "detcon_s":
         return losses.detcon_s_loss(
-            o1["projection"], o2["projection"], ids1, ids2, temperature=t,
-            num_chunks=num_chunks)
+            o1["projection"], o2["projection"], ids1, ids2,
+            local_negatives=c.same_image_negatives, num_chunks=num_chunks, **contrast)
     if config.method == "simclr":
-        return losses.simclr_loss(o1["projection"], o2["projection"], temperature=t)
+        return losses.simclr_loss(o1["projection"], o2["projection"], **contrast)
     raise ValueError(f"config key 'method': unknown method {config.method!r}")
 
 

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     loss.add_argument("--num_masks", type=int, default=16)
     loss.add_argument("--dim", type=int, default=256)
     loss.add_argument("--num_chunks", type=int, default=None)
+    loss.add_argument("--negatives_group_size", type=int, default=None,
+                      help="negatives from blocks of this many images (loss.negatives='group')")
     loss.add_argument("--repeats", type=int, default=3)
     loss.add_argument("--compare_direct", action="store_true",
                       help="also run the direct port and report value/gradient differences")
@@ -151,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.what == "loss":
         result = bench_loss(batch_per_device=args.batch_per_device, num_masks=args.num_masks,
                             dim=args.dim, repeats=args.repeats, num_chunks=args.num_chunks,
-                            compare_direct=args.compare_direct)
+                            compare_direct=args.compare_direct,
+                            negatives_group_size=args.negatives_group_size)
     else:
         try:
             if args.what == "pipeline":

@@ -23,7 +23,8 @@ def _loss_inputs(global_batch: int, rois: int, dim: int, seed: int = 0
 
 def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 256,
                repeats: int = 3, num_chunks: int | None = None, compare_direct: bool = False,
-               temperature: float = 0.1) -> dict[str, Any]:
+               temperature: float = 0.1, negatives_group_size: int | None = None
+               ) -> dict[str, Any]:
     """Temporary memory and time of the DetCon-B loss forward+backward, batch-sharded.
 
     The batch axis of the inputs is split over every visible device; gradients are taken
@@ -38,6 +39,9 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
       compare_direct: also run the direct port once and report the value and gradient
         differences and its time (needs the direct port's full memory).
       temperature: softmax temperature.
+      negatives_group_size: negatives from blocks of this many images only (config
+        ``loss.negatives='group'``; the direct port then runs the official
+        ``use_replicator_loss=False`` formulation); ``None``: the global batch.
 
     Returns:
       ``seconds``, ``temp_bytes``, ``direct_temp_bytes``, ``memory_ratio`` (ours / direct)
@@ -54,7 +58,8 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
     num_devices = jax.device_count()
     global_batch = batch_per_device * num_devices
     if num_chunks is None:
-        num_chunks = losses.auto_num_chunks(global_batch, num_masks, num_devices=num_devices)
+        num_chunks = losses.auto_num_chunks(global_batch, num_masks, num_devices=num_devices,
+                                            negatives_group_size=negatives_group_size)
     shard = sharding.batch_sharding(mesh)
     embeddings, (ids1, ids2) = _loss_inputs(global_batch, num_masks, dim)
     args = [jax.device_put(x, shard) for x in (*embeddings, ids1, ids2)]
@@ -63,11 +68,13 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
         def f(p1, p2, t1, t2, i1, i2):
             return jax.value_and_grad(
                 lambda a, b: loss_fn(a, b, t1, t2, i1, i2, i1, i2, temperature=temperature,
+                                     negatives_group_size=negatives_group_size,
                                      **kwargs), argnums=(0, 1))(p1, p2)
         return jax.jit(f, in_shardings=(shard,) * 6)
 
     log(f"loss: B_global={global_batch} ({num_devices} devices x {batch_per_device}), "
-         f"R={num_masks}, D={dim}, {num_chunks} chunk(s): compiling")
+         f"R={num_masks}, D={dim}, negatives group {negatives_group_size or 'global'}, "
+         f"{num_chunks} chunk(s): compiling")
     lean = value_and_grad(losses.detcon_b_loss, num_chunks=num_chunks)
     direct = value_and_grad(losses.detcon_b_loss_reference)
     start = time.perf_counter()
@@ -86,7 +93,8 @@ def bench_loss(*, batch_per_device: int = 128, num_masks: int = 16, dim: int = 2
     result: dict[str, Any] = {
         "name": "detcon_b_loss", "batch_per_device": batch_per_device,
         "global_batch": global_batch, "num_masks": num_masks, "dim": dim,
-        "num_chunks": num_chunks, "seconds": seconds, "run_s": times, "cpu_s": cpu_s,
+        "num_chunks": num_chunks, "negatives_group_size": negatives_group_size,
+        "seconds": seconds, "run_s": times, "cpu_s": cpu_s,
         "compile_s": compile_s,
         "loss": float(value),
         "temp_bytes": int(lean_mem.temp_size_in_bytes),

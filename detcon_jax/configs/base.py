@@ -25,7 +25,16 @@ Keys:
   ``depth``, e.g. the official TinyResNet ``(1, 1, 1, 1)``, ``(8, 8, 8, 8)``).
 - ``masks``: ``source`` (``'fh' | 'gt' | 'grid' | 'none'``), ``num_samples`` (mask ids per
   view), ``max_mask_id`` (<= 256: ids are uint8), ``grid_size``, ``fh_index``.
-- ``loss``: ``temperature``.
+- ``loss``: ``temperature``; the paper's ablations (docs/experiments.md, "Loss
+  ablations"): ``negatives`` (``'global'``: every image of the global batch, the official
+  default; ``'group'``: only the images of the query's block of ``negatives_group_size``
+  consecutive images, the official ``use_replicator_loss=False`` when that is the
+  per-device batch), ``negatives_group_size`` (optional; set exactly when
+  ``negatives='group'``, a divisor of ``batch_size``), ``same_image_negatives`` (the
+  official ``local_negatives``: the other masks of the own image are negatives),
+  ``cross_view`` (``False``: positives and negatives within each view, "without two
+  views"). BYOL has no negatives (only ``cross_view`` applies); SimCLR has one mask per
+  image (``same_image_negatives`` does not apply).
 - ``optim``: ``base_learning_rate`` (scaled by batch/256), ``weight_decay``, ``momentum``,
   ``trust_coefficient``, ``base_ema``, ``warmup_epochs`` (optional).
 - ``data``: ``source`` (see ``data.SOURCES``), ``path`` (data directory or URI;
@@ -82,7 +91,15 @@ def get_config() -> config_dict.ConfigDict:
         grid_size=4,
         fh_index=0,
     ))
-    config.loss = config_dict.ConfigDict(dict(temperature=0.1))
+    config.loss = config_dict.ConfigDict(dict(
+        temperature=0.1,
+        # The paper's ablations (docs/experiments.md, "Loss ablations"); these defaults are
+        # the official loss: negatives from the whole global batch, across both views.
+        negatives="global",
+        negatives_group_size=config_dict.placeholder(int),
+        same_image_negatives=True,
+        cross_view=True,
+    ))
     config.optim = config_dict.ConfigDict(dict(
         base_learning_rate=0.2,
         weight_decay=1.5e-6,
