@@ -28,7 +28,7 @@ keys; ``None`` is allowed only where marked optional):
   ``fh_min_size`` (Felzenszwalb masks computed on the fly).
 - ``augment``: ``view1``, ``view2`` (optional dicts; ``None`` = the official settings).
 - ``batch_size`` (GLOBAL, over all hosts), ``num_epochs``, ``num_steps`` (optional override
-  of the derived total), ``mesh`` (axis name -> size, -1 = the remaining devices),
+  of the derived total), ``mesh`` (axis -> size: only ``data``, -1 = the remaining devices),
   ``checkpoint`` (``every_steps``, ``keep``), ``log_every_steps``.
 """
 
@@ -42,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "MESH_AXES",
     "METHODS",
     "data_path_error",
     "is_url",
@@ -60,6 +61,8 @@ DTYPES = ("float32", "bfloat16")
 # Sources that cannot work without a data directory.
 SOURCES_NEEDING_PATH = ("imagenet_fh", "folder")
 DATA_SOURCES = ("imagenet_fh", "tfds", "folder", "skimage", "synthetic")
+# The mesh axes the train step uses (``sharding.DATA_AXIS``: the batch dimension).
+MESH_AXES = ("data",)
 
 
 class ConfigError(ValueError):
@@ -265,8 +268,11 @@ def validate(config: Any) -> None:
     _require(config.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
     _require(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     _require(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
-    sizes = list(_as_dict(config.mesh).values())
-    _require(sizes.count(-1) <= 1, "mesh", "may have at most one axis of size -1")
+    axes = _as_dict(config.mesh)
+    # An axis the step does not shard over would silently replicate the work on it.
+    _require(tuple(axes) == MESH_AXES, "mesh",
+             f"must have exactly the axes {MESH_AXES} (the step shards only the batch), "
+             f"got {tuple(axes)}")
 
 
 def is_url(path: str) -> bool:

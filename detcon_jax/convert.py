@@ -89,9 +89,9 @@ def haiku_to_orbax(source: str, output: str, *, depth: int | None = None) -> dic
     signature = {'imported': 'haiku', 'encoder': info['structure']}
     ckpt_dir = os.path.join(os.path.abspath(output), 'checkpoints')
     progress(f'writing orbax checkpoint {ckpt_dir}/0')
-    writer = checkpoint.Checkpointer(ckpt_dir, every_steps=1, keep=1, signature=signature)
+    writer = checkpoint.Checkpointer(ckpt_dir, keep=1, signature=signature)
     try:
-        writer.save(0, state, data_position=0, force=True)
+        writer.save(0, state, data_position=0)
     finally:
         writer.close()
     summary = {'source': os.path.abspath(source), 'kind': 'haiku', 'depth': info['depth'],

@@ -12,7 +12,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from cli_helpers import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow  # ~3 min
 
 
 def test_readme_demo_runs_and_its_loss_decreases(tmp_path):

@@ -62,9 +62,9 @@ def workdir(tmp_path_factory):
         online_batch_stats=updates['batch_stats'], target_params=None, target_batch_stats=None,
         opt_state=({'momentum': jnp.ones(3)},), rng=jax.random.PRNGKey(2))
     path = tmp_path_factory.mktemp('workdir')
-    saver = checkpoint.Checkpointer(str(path / 'checkpoints'), every_steps=1, keep=2,
+    saver = checkpoint.Checkpointer(str(path / 'checkpoints'), keep=2,
                                     signature={'method': 'detcon_b'})
-    saver.save(3, state, data_position=3, force=True)
+    saver.save(3, state, data_position=3)
     saver.close()
     return path, network, {'params': variables['params'],
                            'batch_stats': updates['batch_stats']}

@@ -5,7 +5,6 @@ reads torchvision names and NCHW/OIHW arrays and pads as PyTorch does (or, with
 ``padding='tf_same'``, as the documented adjustment says).
 """
 
-import importlib.util
 import json
 import pickle
 
@@ -13,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_module
 from numpy.lib.stride_tricks import sliding_window_view
 
 from detcon_jax import export, interop, model
@@ -111,10 +111,7 @@ def resnet18():
 
 @pytest.fixture(scope='module')
 def golden(golden_dir):
-    spec = importlib.util.spec_from_file_location(
-        'make_haiku_checkpoint', golden_dir / 'make_haiku_checkpoint.py')
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module(golden_dir / 'make_haiku_checkpoint.py')
     tree = script.build(json.loads((golden_dir / 'resnet50_shared_spec.json').read_text()))
     _, variables = interop.resnet_from_haiku_tree(tree)
     return variables, np.load(golden_dir / 'resnet50_shared_forward.npz')

@@ -1,13 +1,13 @@
 """Tests of detcon_jax.interop: Haiku checkpoint import against the official golden forward."""
 
 import copy
-import importlib.util
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_module
 
 from detcon_jax import interop, model
 
@@ -17,10 +17,7 @@ R50 = 'res_net50/~/'
 @pytest.fixture(scope='module')
 def golden_tree(golden_dir):
     """The golden ResNet-50 weights in the released layout (built by the golden script)."""
-    spec = importlib.util.spec_from_file_location(
-        'make_haiku_checkpoint', golden_dir / 'make_haiku_checkpoint.py')
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_module(golden_dir / 'make_haiku_checkpoint.py')
     return script.build(json.loads((golden_dir / 'resnet50_shared_spec.json').read_text()))
 
 
