@@ -24,7 +24,11 @@ def test_train_from_a_plain_python_session_stops_and_resumes(tmp_path):
     code = textwrap.dedent(f"""
         import runpy
 
+        from absl import logging
+
         from detcon_jax import trainer
+
+        logging.set_verbosity(logging.INFO)  # progress lines, as a notebook user would
 
         config = runpy.run_path({SMOKE!r})["get_config"]()
         config.num_steps = {STEPS}
