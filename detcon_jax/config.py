@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "MESH_AXES",
     "METHODS",
     "check_schedule",
     "data_path_error",
@@ -37,6 +38,8 @@ DTYPES = ("float32", "bfloat16")
 SOURCES_NEEDING_PATH = ("imagenet_fh", "folder")
 DATA_SOURCES = ("imagenet_fh", "tfds", "folder", "skimage", "synthetic")
 NEGATIVES = ("global", "group")
+# The mesh axes the train step uses (``sharding.DATA_AXIS``: the batch dimension).
+MESH_AXES = ("data",)
 
 
 class ConfigError(ValueError):
@@ -142,6 +145,10 @@ def validate(config: Any) -> None:
         _require(_is_int(size) and (size >= 1 or size == -1), f"mesh.{axis}",
                  f"must be a positive int or -1, got {size!r}")
     _require(list(sizes.values()).count(-1) <= 1, "mesh", "may have at most one axis of size -1")
+    # An axis the step does not shard over would silently replicate the work on it.
+    _require(tuple(sizes) == MESH_AXES, "mesh",
+             f"must have exactly the axes {MESH_AXES} (the step shards only the batch), "
+             f"got {tuple(sizes)}")
 
 
 def check_schedule(warmup_steps: int, total_steps: int) -> None:

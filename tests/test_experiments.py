@@ -19,7 +19,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from detcon_jax import augment, optim, step, train
+from detcon_jax import augment, optim, step, trainer
 from detcon_jax import config as config_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def images_per_epoch(config) -> int:
 
 
 def abstract_state(config):
-    warmup, total = train.derive_steps(config, images_per_epoch(config))
+    warmup, total = trainer.derive_steps(config, images_per_epoch(config))
     schedules = step.make_schedules(config, total_steps=total, warmup_steps=warmup)
     optimizer = step.make_optimizer(config, schedules)
     return jax.eval_shape(lambda: step.create_train_state(
@@ -201,7 +201,7 @@ def reference_schedules(steps, *, num_epochs, images, batch, base_lr, base_ema):
 def config_schedules(num_epochs: int):
     config = load_config(spec_of("detcon_b_imagenet.py"), f"--config.num_epochs={num_epochs}")
     assert config.num_epochs == num_epochs
-    warmup, total = train.derive_steps(config, config.data.num_examples)
+    warmup, total = trainer.derive_steps(config, config.data.num_examples)
     lr = optim.learning_rate_schedule(
         base_learning_rate=config.optim.base_learning_rate, batch_size=config.batch_size,
         total_steps=total, warmup_steps=warmup)

@@ -25,7 +25,6 @@ and gradients agree with float64 to a few hundred ``eps32`` relative to their sc
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -36,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import load_module, smoke_config
 
 from detcon_jax import config as config_lib
 from detcon_jax import losses as L
@@ -388,10 +388,7 @@ def test_group_at_8_devices_equals_official_per_device_loss(repo_root):
 
 
 def _smoke_config():
-    spec = importlib.util.spec_from_file_location("smoke", REPO / "experiments" / "smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return smoke_config()
 
 
 def _config(method="detcon_b", **loss):
@@ -407,10 +404,7 @@ def _config(method="detcon_b", **loss):
 @pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.py")),
                          ids=lambda p: p.name)
 def test_every_experiment_defaults_to_the_official_loss(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    loss = module.get_config().loss
+    loss = load_module(path).get_config().loss
     assert (loss.negatives, loss.negatives_group_size, loss.same_image_negatives,
             loss.cross_view) == ("global", None, True, True)
 

@@ -122,10 +122,10 @@ def save_initial_state(budget: Budget, method: Method, camvid_train: str,
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), every_steps=1, keep=1,
+        os.path.join(os.path.abspath(workdir), "checkpoints"), keep=1,
         signature=config_lib.model_signature(config))
     try:
-        checkpointer.save(0, state, data_position=0, force=True)
+        checkpointer.save(0, state, data_position=0)
     finally:
         checkpointer.close()
     log(f"init {method.name}: initial state (seed {config.seed}) saved in "
