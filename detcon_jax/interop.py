@@ -24,6 +24,7 @@ import optax
 from flax import traverse_util
 
 from detcon_jax import model as model_lib
+from detcon_jax import step as step_lib
 
 _SEP = '/~/'
 _PARAM_TO_FLAX = {'w': 'kernel', 'b': 'bias', 'scale': 'scale', 'offset': 'bias'}
@@ -394,6 +395,23 @@ def _detcon_key_to_haiku(collection: str, flax_key: str, encoder_root: str) -> s
     return flax_key_to_haiku(collection, rest, root=top, sep='/')
 
 
+def _check_hidden(modules: Mapping[str, Mapping[str, Any]], decay: float, where: str) -> None:
+    """Haiku's biased ``hidden`` must follow from ``average`` and ``counter`` (we keep only
+    those two), to float32 rounding of Haiku's ``average = hidden / (1 - decay**counter)``."""
+    for module in sorted(modules):
+        leaves = modules[module]
+        if not {'hidden', 'average', 'counter'} <= set(leaves):
+            continue
+        average = np.asarray(leaves['average'], np.float64)
+        counter = int(np.asarray(leaves['counter']))
+        implied = average * (1.0 - decay ** counter)
+        scale = float(np.max(np.abs(implied), initial=0.0))
+        if not np.allclose(leaves['hidden'], implied, rtol=2.0 ** -16, atol=2.0 ** -20 * scale):
+            raise ValueError(f'{where}: {module}/hidden is not average * (1 - {decay}**counter) '
+                             f'(counter {counter}): not a zero-debiased moving average with '
+                             f'model.bn_decay={decay}')
+
+
 def train_state_from_haiku(tree: Mapping[str, Any], config: Any, *, step: int = 0,
                            optimizer: Any = None, where: str = 'checkpoint') -> Any:
     """An official DetCon-B training state as our ``step.TrainState`` for ``config``.
@@ -402,8 +420,9 @@ def train_state_from_haiku(tree: Mapping[str, Any], config: Any, *, step: int = 
     flat ``part/module/name`` keys (the layout of ``golden/step/init.npz``) or
     ``{part: {module: {name: array}}}``. Parameters, BatchNorm averages and counters and the
     LARS momentum are mapped as `detcon_haiku_to_flax` says; Haiku's ``hidden`` is implied
-    by ``average`` and ``counter`` (``hidden = average * (1 - decay**counter)``, exact for
-    states written by Haiku's zero-debiased moving average). ``step`` is the official
+    by ``average`` and ``counter`` (``hidden = average * (1 - decay**counter)`` for states
+    written by Haiku's zero-debiased moving average with ``config.model.bn_decay``; checked,
+    a state that breaks it is refused). ``step`` is the official
     ``global_step`` of the next update: the state's step and LARS count (the official state
     does not store it). The run key comes from ``config.seed`` as in
     ``step.create_train_state``. ``optimizer`` only provides the optimizer state's structure
@@ -412,8 +431,6 @@ def train_state_from_haiku(tree: Mapping[str, Any], config: Any, *, step: int = 
     Every key must match the network of ``config`` and vice versa: a missing, unexpected or
     mis-shaped key raises a ValueError naming it (prefixed by ``where``).
     """
-    from detcon_jax import step as step_lib  # the step imports the model, not this module
-
     parts = _parts(tree, where)
     if optimizer is None:
         schedules = step_lib.make_schedules(config, total_steps=max(step, 1), warmup_steps=0)
@@ -429,6 +446,8 @@ def train_state_from_haiku(tree: Mapping[str, Any], config: Any, *, step: int = 
             raise ValueError(f'{where}: {problem} {sorted(names)[0]} for method '
                              f'{config.method!r}')
 
+    for part in ('online_state', 'target_state'):
+        _check_hidden(parts.get(part, {}), config.model.bn_decay, f'{where}: {part}')
     encoder_root = next((_split_module(m)[0] for m in parts['online_params']
                          if _split_module(m)[0] not in _HEADS), 'res_net50')
 

@@ -192,6 +192,31 @@ def test_official_state_maps_both_ways(golden, setup):
     assert n_params == int(golden["steps"][0]["logs/n_params"])
 
 
+def test_official_state_layouts_and_refusals(golden, setup, tmp_path):
+    """Nested ``{part: {module: {name}}}`` in a pickled .npy gives the same state as the flat
+    .npz; a wrong ``hidden`` or a missing array is refused with its name."""
+    config, optimizer, _ = setup
+    flat = golden["init"]
+    nested = {}
+    for key, value in flat.items():
+        part, rest = key.split("/", 1)
+        module, name = rest.rsplit("/", 1)
+        nested.setdefault(part, {}).setdefault(module, {})[name] = value
+    np.save(tmp_path / "state.npy", nested, allow_pickle=True)
+    np.savez(tmp_path / "state.npz", **flat)
+    want = jax.tree.leaves(_state(golden, config, optimizer, 0))
+    for path in (tmp_path / "state.npy", tmp_path / "state.npz"):
+        got = interop.load_haiku_train_state(path, config)
+        for a, b in zip(jax.tree.leaves(got), want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    hidden = next(k for k in flat if k.startswith("target_state/") and k.endswith("/hidden"))
+    with pytest.raises(ValueError, match="hidden is not average"):
+        interop.train_state_from_haiku({**flat, hidden: flat[hidden] + 1.0}, config)
+    kernel = next(k for k in flat if k.startswith("opt_mu/") and k.endswith("/w"))
+    with pytest.raises(ValueError, match=f"missing key {kernel}"):
+        interop.train_state_from_haiku({k: v for k, v in flat.items() if k != kernel}, config)
+
+
 def test_forward_outputs_of_the_official_state(golden, setup):
     """Network outputs on step 0's inputs with the initial state, train mode, one view per call
     as the official forward (the golden's ``forward/...``)."""
@@ -214,7 +239,8 @@ def test_forward_outputs_of_the_official_state(golden, setup):
     for name, params, stats in (("online", state.online_params, state.online_batch_stats),
                                 ("target", state.target_params, state.target_batch_stats)):
         for view in (1, 2):
-            seg = step[f"inputs/fh_segmentations{view}"][..., :1]
+            fh = config.masks.fh_index
+            seg = step[f"inputs/fh_segmentations{view}"][..., fh:fh + 1]
             out = forward(params, stats, step[f"inputs/view{view}"], seg,
                           step[f"inputs/mask_ids{view}"])
             for output in ("projection", "prediction", "logits"):
