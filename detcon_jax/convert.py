@@ -1,8 +1,10 @@
-"""Command-line conversion of encoder checkpoints: Haiku -> orbax, ours -> torchvision/detectron2.
+"""Command-line conversion of checkpoints: Haiku -> orbax, ours -> torchvision/detectron2.
 
 Usage::
 
   python -m detcon_jax.convert haiku-to-orbax --input=released.npy --output=DIR
+  python -m detcon_jax.convert official-state-to-orbax --input=STATE.npz \
+      --config=experiments/X.py --workdir=DIR [--step=N]
   python -m detcon_jax.convert to-torchvision --input=SRC --output=resnet50.pth (or .npz)
   python -m detcon_jax.convert to-detectron2 --input=SRC --output=detcon_r50.pkl
 
@@ -17,7 +19,16 @@ checkpoints (``detcon_jax.checkpoint.Checkpointer``), holding only the encoder a
 ``to-torchvision`` / ``to-detectron2``) reads ``DIR`` as it reads a training workdir; its
 meta signature marks it as an import, so ``train.py`` refuses to resume from it.
 
-Bad paths and keys give one ``error: ...`` line on stderr and exit status 2.
+``official-state-to-orbax`` turns a full official DetCon-B training state (online and
+target parameters and BatchNorm state, LARS momentum; flat ``part/module/name`` keys in the
+official Haiku naming, the layout of ``golden/step/init.npz``, see
+``interop.train_state_from_haiku``) into ``DIR/checkpoints/N``, a training checkpoint of the
+network that ``--config`` describes. ``python -m detcon_jax.train --config=... --workdir=DIR``
+then resumes from it at global step ``N`` (default 0: the official ``global_step`` of the
+next update; the official state does not store it), with our input stream positioned after
+``N`` batches and the run key of ``config.seed``.
+
+Bad paths, configs and keys give one ``error: ...`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -32,7 +43,8 @@ import numpy as np
 
 from detcon_jax import export
 
-__all__ = ["haiku_to_orbax", "load_encoder", "main", "to_detectron2", "to_torchvision"]
+__all__ = ["haiku_to_orbax", "load_encoder", "main", "official_state_to_orbax", "to_detectron2",
+           "to_torchvision"]
 
 
 class UsageError(ValueError):
@@ -106,6 +118,57 @@ def haiku_to_orbax(source: str, output: str, *, depth: int | None = None) -> dic
     return summary
 
 
+def _load_config(path: str) -> Any:
+    """``get_config()`` of an experiment file, validated (a `ConfigError` names the key)."""
+    import importlib.util
+
+    from detcon_jax import config as config_lib
+
+    if not os.path.isfile(path):
+        raise UsageError(f'--config={path}: no such file')
+    spec = importlib.util.spec_from_file_location('_detcon_experiment', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+        raise UsageError(f'--config={path}: defines no get_config()')
+    config = module.get_config()
+    config_lib.validate(config)
+    return config
+
+
+def official_state_to_orbax(source: str, config_path: str, workdir: str, *,
+                            step: int = 0) -> dict[str, Any]:
+    """Writes an official full training state as a checkpoint ``train.py`` resumes from."""
+    from etils import epath
+
+    from detcon_jax import checkpoint, interop
+    from detcon_jax import config as config_lib
+
+    if not epath.Path(source).exists():
+        raise UsageError(f'--input={source}: no such file')
+    if step < 0:
+        raise UsageError(f'--step={step}: must be >= 0')
+    ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    if os.path.isfile(workdir):
+        raise UsageError(f'--workdir={workdir}: is a file; expected a (new) directory')
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        raise UsageError(f'--workdir={workdir}: already holds checkpoints; choose a new one')
+    config = _load_config(config_path)
+    progress(f'reading {source}')
+    state = interop.load_haiku_train_state(source, config, step=step)
+    signature = config_lib.model_signature(config)
+    progress(f'writing orbax checkpoint {ckpt_dir}/{step}')
+    writer = checkpoint.Checkpointer(ckpt_dir, every_steps=1, keep=1, signature=signature)
+    try:
+        writer.save(step, state, data_position=step, force=True)
+    finally:
+        writer.close()
+    progress(f'done: resume with python -m detcon_jax.train --config={config_path} '
+             f'--workdir={workdir}')
+    return {'source': source, 'checkpoint': os.path.join(ckpt_dir, str(step)), 'step': step,
+            'signature': signature}
+
+
 def _to_jax(tree: Any, jnp: Any) -> Any:
     if isinstance(tree, dict):
         return {k: _to_jax(v, jnp) for k, v in tree.items()}
@@ -169,6 +232,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detcon_jax.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    state = commands.add_parser(
+        "official-state-to-orbax", help="official full training state -> resumable workdir",
+        description="official DetCon-B training state (.npz/.npy, Haiku names) -> a training "
+                    "checkpoint that python -m detcon_jax.train resumes from")
+    state.add_argument("--input", required=True, help="official state (.npz or .npy)")
+    state.add_argument("--config", required=True, help="experiment file of the same network")
+    state.add_argument("--workdir", required=True, help="new training workdir")
+    state.add_argument("--step", type=int, default=0,
+                       help="global step of the next update (default 0)")
     for name, help_text in (
             ("haiku-to-orbax", "released Haiku .npy -> encoder-only orbax checkpoint directory"),
             ("to-torchvision", "encoder -> torchvision ResNet state_dict (.pth/.pt, or .npz)"),
@@ -191,13 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the CLI; returns the exit status (0 ok, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "haiku-to-orbax":
+        if args.command == "official-state-to-orbax":
+            official_state_to_orbax(args.input, args.config, args.workdir, step=args.step)
+        elif args.command == "haiku-to-orbax":
             haiku_to_orbax(args.input, args.output, depth=args.depth)
         elif args.command == "to-torchvision":
             to_torchvision(args.input, args.output, depth=args.depth, step=args.step)
         else:
             to_detectron2(args.input, args.output, depth=args.depth, step=args.step)
-    except (ValueError, OSError) as err:  # loaders name the file / key in the message
+    except (ValueError, OSError) as err:  # loaders name the file / key (ConfigError too)
         print(f'error: {" ".join(str(err).split())}', file=sys.stderr, flush=True)
         return 2
     return 0
