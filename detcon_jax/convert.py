@@ -118,20 +118,12 @@ def haiku_to_orbax(source: str, output: str, *, depth: int | None = None) -> dic
     return summary
 
 
-def _load_config(path: str) -> Any:
-    """``get_config()`` of an experiment file, validated (a `ConfigError` names the key)."""
-    import importlib.util
-
+def _load_config(spec: str) -> Any:
+    """The validated config of ``--config=FILE.py[:ARG]`` (a `ConfigError` names the key)."""
     from detcon_jax import config as config_lib
+    from detcon_jax import configs
 
-    if not os.path.isfile(path):
-        raise UsageError(f'--config={path}: no such file')
-    spec = importlib.util.spec_from_file_location('_detcon_experiment', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, 'get_config'):
-        raise UsageError(f'--config={path}: defines no get_config()')
-    config = module.get_config()
+    config = configs.load(spec)
     config_lib.validate(config)
     return config
 
@@ -158,9 +150,9 @@ def official_state_to_orbax(source: str, config_path: str, workdir: str, *,
     state = interop.load_haiku_train_state(source, config, step=step)
     signature = config_lib.model_signature(config)
     progress(f'writing orbax checkpoint {ckpt_dir}/{step}')
-    writer = checkpoint.Checkpointer(ckpt_dir, every_steps=1, keep=1, signature=signature)
+    writer = checkpoint.Checkpointer(ckpt_dir, keep=1, signature=signature)
     try:
-        writer.save(step, state, data_position=step, force=True)
+        writer.save(step, state, data_position=step)
     finally:
         writer.close()
     progress(f'done: resume with python -m detcon_jax.train --config={config_path} '

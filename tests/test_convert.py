@@ -167,7 +167,7 @@ def test_official_state_to_orbax_resumes_in_train(golden_dir, tmp_path, capsys):
     # The checkpoint holds the mapped official state exactly.
     config = convert._load_config(str(experiment))
     want = interop.train_state_from_haiku(load_step_golden(golden)['init'], config)
-    reader = checkpoint.Checkpointer(str(workdir / 'checkpoints'), every_steps=1, keep=1,
+    reader = checkpoint.Checkpointer(str(workdir / 'checkpoints'), keep=1,
                                      signature=model_signature(config))
     try:
         got, meta = reader.restore(checkpoint.abstract_like(want), 0)
