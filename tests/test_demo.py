@@ -12,7 +12,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from cli_helpers import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow  # the demo's whole 200-step run
 
 
 def test_readme_demo_runs_and_its_loss_decreases(tmp_path):

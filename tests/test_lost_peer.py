@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
@@ -35,6 +34,7 @@ from cli_helpers import (
     checkpoint_steps,
     free_port,
     load_state,
+    metrics_steps,
     subprocess_env,
 )
 
@@ -242,5 +242,4 @@ def test_lost_host_survivor_exits_and_rerun_resumes_to_the_same_state(uninterrup
     assert [run.resumed_at(0), run.resumed_at(1)] == [newest, newest], run.text()[-4000:]
     assert_same_state(load_state(ckpt / str(STEPS)),
                       load_state(uninterrupted / "checkpoints" / str(STEPS)))
-    steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, STEPS + 1))
+    assert metrics_steps(workdir) == list(range(1, STEPS + 1))

@@ -62,6 +62,7 @@ def tiny_run(tiny_data) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
     return out, result
 
 
+@pytest.mark.slow  # the tiny budget's whole pipeline
 def test_tiny_budget_end_to_end(tiny_run):
     out, _ = tiny_run
     results = json.loads((out / "results.json").read_text())
@@ -101,6 +102,7 @@ def test_tiny_budget_end_to_end(tiny_run):
     assert "CamVid train 6 → val 3" in markdown
 
 
+@pytest.mark.slow  # the tiny budget's whole pipeline
 def test_rerun_skips_finished_stages(tiny_data, tiny_run):
     out, _ = tiny_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")}
@@ -113,6 +115,7 @@ def test_rerun_skips_finished_stages(tiny_data, tiny_run):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+@pytest.mark.slow  # the tiny budget's whole pipeline
 def test_other_budget_in_same_out_is_refused(tiny_data, tiny_run):
     out, _ = tiny_run
     result = _run(tiny_data, out, "--budget=small")
