@@ -23,12 +23,15 @@ Failure behaviour (docs/failure_behaviour.md states it for users):
 - corrupt or truncated images are skipped, logged once by name and counted in the
   ``skipped_images`` metric; a record the pipeline refuses (mask size differs from its
   image, uint8 id overflow in a 16-bit id map) stops training with status 3 and a line
-  ``error: data: ...`` naming the record.
+  ``error: data: ...`` naming the record;
+- a lost peer process (multi-process runs; `detcon_jax.distributed`): a collective that
+  fails because a peer is gone ends this process at once with status 4 and one line
+  ``error: lost peer process N ...``; otherwise JAX's coordination service ends it after
+  ``--heartbeat_timeout`` seconds without the peer's heartbeats.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from typing import Any
@@ -40,7 +43,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from detcon_jax import config as config_lib
-from detcon_jax import configs
+from detcon_jax import configs, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/*.py); override keys with "
@@ -49,6 +52,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() (multi-process runs). Also "
     "implied by DETCON_NUM_PROCESSES; see launch/README.md.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", distributed.HEARTBEAT_TIMEOUT_S, "Multi-process runs: seconds "
+    "without a heartbeat after which JAX's coordination service declares a process lost "
+    "and ends the job.", lower_bound=1)
 
 EXIT_CONFIG_ERROR = 2
 EXIT_NON_FINITE = 1
@@ -78,13 +85,8 @@ class _QuietLibraries:
 
 
 def _maybe_initialize_distributed() -> None:
-    num = os.environ.get("DETCON_NUM_PROCESSES")
-    if not (_DISTRIBUTED.value or num):
-        return
-    pid = os.environ.get("DETCON_PROCESS_ID")
-    jax.distributed.initialize(
-        num_processes=int(num) if num else None,
-        process_id=int(pid) if pid else None)
+    distributed.maybe_initialize(requested=_DISTRIBUTED.value,
+                                 heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
 
 
 class StopRequest:
@@ -155,6 +157,9 @@ def main(argv: list[str]) -> None:
     except trainer.DataError as e:
         print(f"error: data: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_DATA_ERROR)
+    except Exception as e:
+        distributed.exit_if_lost_peer(e)
+        raise
     sys.exit(0)
 
 

@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from detcon_jax import checkpoint as ckpt_lib
 from detcon_jax import config as config_lib
-from detcon_jax import data, optim, sharding
+from detcon_jax import data, distributed, optim, sharding
 from detcon_jax import metrics as metrics_lib
 from detcon_jax import step as step_lib
 
@@ -319,6 +319,7 @@ def train(config: Any, workdir: str, *,
     logging.info("Training steps %d..%d (%d of warm-up) on %d device(s) in %d process(es); "
                  "the first step compiles.", start + 1, total_steps, warmup_steps,
                  jax.device_count(), jax.process_count())
+    peer_lost = False
     try:
         for step in range(start + 1, total_steps + 1):
             state, step_metrics = train_step(state, sharding.global_batch(
@@ -358,8 +359,12 @@ def train(config: Any, workdir: str, *,
                 break
         else:
             logging.info("Training finished at step %d.", total_steps)
+    except Exception as e:
+        peer_lost = distributed.lost_peer(e) is not None
+        raise
     finally:
         writer.flush()
         writer.close()
-        checkpointer.close()
+        if not peer_lost:  # closing waits for pending saves, i.e. also for the dead peer
+            checkpointer.close()
     return state

@@ -86,13 +86,19 @@ def free_port() -> int:
 
 
 def load_state(step_dir: pathlib.Path) -> dict:
-    """Leaves of a checkpoint's ``state`` item, keyed by their tree path."""
+    """Leaves of a checkpoint's ``state`` item, keyed by their tree path.
+
+    Onto this process's first device, whatever the saving job's devices and processes were
+    (orbax restores onto the stored sharding otherwise, which fails for other topologies).
+    """
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as checkpointer:
-        tree = checkpointer.restore(pathlib.Path(step_dir) / "state")
+    args = ocp.args.StandardRestore(
+        fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        tree = checkpointer.restore(pathlib.Path(step_dir) / "state", args=args)
     return {jax.tree_util.keystr(p): np.asarray(v)
             for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 

@@ -63,10 +63,15 @@ def single_device_run(tmp_path_factory) -> pathlib.Path:
     return out
 
 
-def test_eight_devices_match_one_device(single_device_run, tmp_path):
-    out = tmp_path / "eight.npz"
+@pytest.fixture(scope="module")
+def eight_device_run(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("eight") / "run.npz"
     _run_driver(out, devices=8)
-    _assert_same_run(out, single_device_run)
+    return out
+
+
+def test_eight_devices_match_one_device(single_device_run, eight_device_run):
+    _assert_same_run(eight_device_run, single_device_run)
 
 
 @pytest.mark.slow
@@ -121,3 +126,26 @@ def test_mesh_config_with_axes_the_step_does_not_use_is_a_config_error(axes):
     config.mesh = config_dict.ConfigDict(axes)
     with pytest.raises(config_lib.ConfigError, match="'mesh'"):
         config_lib.validate(config)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_pod_layout_through_local_sh_matches_eight_devices(eight_device_run, tmp_path):
+    # 2 processes x 4 devices, started as launch/local.sh starts them (coordinator, process
+    # ids and device count from its environment). Its --python stands in for the
+    # interpreter and runs the driver instead of the train CLI: the CLI's per-host input
+    # pipelines give another process layout other data, the driver the same global batches.
+    out = tmp_path / "pod.npz"
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {DRIVER} --out={out} --steps={STEPS}\n")
+    python.chmod(0o755)
+    proc = subprocess.run(
+        ["bash", str(REPO / "launch" / "local.sh"), "--config=unused", "--workdir=unused",
+         "--processes=2", "--devices_per_process=4", f"--port={free_port()}",
+         f"--python={python}"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Process 0 prints unprefixed, process 1 through local.sh's "[p1]" prefix.
+    assert "process 0: devices=8" in proc.stdout
+    assert "[p1] process 1: devices=8" in proc.stdout
+    _assert_same_run(out, eight_device_run)

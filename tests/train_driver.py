@@ -9,6 +9,10 @@ state's leaves (process 0 only).
 
     python tests/train_driver.py --out=/tmp/r.npz --steps=3 [--image_size=96]
         [--num_processes=2 --process_id=0 --port=12345]
+
+Without ``--num_processes`` it joins the job that ``DETCON_NUM_PROCESSES``,
+``DETCON_PROCESS_ID`` and ``JAX_COORDINATOR_ADDRESS`` describe, as the train CLI does
+(``launch/local.sh`` sets them).
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ def main() -> None:
         jax.distributed.initialize(
             coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
             process_id=args.process_id)
+    else:
+        # Started by launch/local.sh: the job is in the environment, as for the train CLI.
+        from detcon_jax import distributed
+
+        distributed.maybe_initialize(requested=False)
     import numpy as np
 
     from detcon_jax import config as config_lib
