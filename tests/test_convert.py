@@ -14,7 +14,7 @@ import pytest
 from torch_helpers import require
 
 from detcon_jax import checkpoint, convert, export, interop, model
-from detcon_jax.config import ConfigError
+from detcon_jax.config import ConfigError, model_signature
 from detcon_jax.evaluate import features
 
 
@@ -160,3 +160,80 @@ def test_module_entry_point(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [f'error: --input={tmp_path}/nope: no such file '
                                                f'or directory']
+
+
+# An experiment file for the network of golden/step (read off its meta.json), training on
+# our own synthetic data from the imported state on.
+_GOLDEN_EXPERIMENT = '''
+import json, pathlib, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import golden_helpers
+
+
+def get_config():
+    golden = pathlib.Path({golden!r})
+    meta = json.loads((golden / "meta.json").read_text())
+    with np.load(golden / "step_000.npz") as first:
+        config, _, _ = golden_helpers.step_config(meta, {{k: first[k] for k in first.files}})
+    config.num_steps = {steps}
+    config.optim.warmup_epochs = 0
+    return config
+'''
+
+
+def test_official_state_to_orbax_resumes_in_train(golden_dir, tmp_path, capsys):
+    """init.npz (official names) -> workdir; train.py resumes from it and trains a step."""
+    from cli_helpers import REPO, checkpoint_steps, load_state, subprocess_env
+    from golden_helpers import load_step_golden
+
+    golden = golden_dir / 'step'
+    experiment = tmp_path / 'golden_experiment.py'
+    experiment.write_text(_GOLDEN_EXPERIMENT.format(
+        tests=str(REPO / 'tests'), golden=str(golden), steps=1))
+    workdir = tmp_path / 'run'
+    argv = ['official-state-to-orbax', f'--input={golden / "init.npz"}',
+            f'--config={experiment}', f'--workdir={workdir}']
+    assert convert.main(argv) == 0
+    # The checkpoint holds the mapped official state exactly.
+    config = convert._load_config(str(experiment))
+    want = interop.train_state_from_haiku(load_step_golden(golden)['init'], config)
+    reader = checkpoint.Checkpointer(str(workdir / 'checkpoints'), every_steps=1, keep=1,
+                                     signature=model_signature(config))
+    try:
+        got, meta = reader.restore(checkpoint.abstract_like(want), 0)
+    finally:
+        reader.close()
+    assert meta['data_position'] == 0
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want),
+                            strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+    kernel = np.asarray(want.online_params['encoder']['initial_conv']['kernel'])
+    assert 'already holds checkpoints' in _error(capsys, argv)
+
+    run = subprocess.run(
+        [sys.executable, '-m', 'detcon_jax.train', f'--config={experiment}',
+         f'--workdir={workdir}'], cwd=REPO, env=subprocess_env(), capture_output=True,
+        text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert 'Resumed from' in run.stderr and 'at step 0' in run.stderr, run.stderr[-3000:]
+    assert checkpoint_steps(workdir / 'checkpoints') == [0, 1]
+    after = load_state(workdir / 'checkpoints' / '1')
+    assert int(after["['step']"]) == 1
+    moved = after["['online_params']['encoder']['initial_conv']['kernel']"]
+    assert moved.shape == kernel.shape and not np.array_equal(moved, kernel)
+
+
+def test_official_state_errors_are_one_line(golden_dir, tmp_path, capsys):
+    from cli_helpers import SMOKE
+
+    init = golden_dir / 'step' / 'init.npz'
+    assert 'no such file' in _error(capsys, [
+        'official-state-to-orbax', f'--input={tmp_path}/nope.npz', f'--config={SMOKE}',
+        f'--workdir={tmp_path}/w'])
+    # The smoke network is not the golden's: the first key that does not fit is named.
+    line = _error(capsys, ['official-state-to-orbax', f'--input={init}', f'--config={SMOKE}',
+                           f'--workdir={tmp_path}/w'])
+    assert 'init.npz: ' in line and 'res_net_torso' in line, line
+    assert not (tmp_path / 'w').exists()

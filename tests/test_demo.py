@@ -17,6 +17,8 @@ import pytest
 from cli_helpers import REPO, subprocess_env, tensorboard_scalars
 from tolerances import EPS32
 
+pytestmark = pytest.mark.slow  # the demo's whole 200-step run
+
 
 def test_readme_demo_runs_and_its_loss_decreases(tmp_path):
     workdir = tmp_path / "demo"

@@ -64,6 +64,7 @@ def tiny_run(tiny_data) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
     return out, result
 
 
+@pytest.mark.slow  # the tiny budget's whole pipeline
 def test_tiny_budget_end_to_end(tiny_run):
     out, _ = tiny_run
     results = json.loads((out / "results.json").read_text())
@@ -127,17 +128,20 @@ def _claim_holds(text: str, rows: dict) -> bool:
     return va >= vb if op == ">=" else va > vb
 
 
-def _probe_features(workdir: str, step: int, cifar: pathlib.Path, image_size: int):
+def _probe_features(workdir: str, step: int, cifar: pathlib.Path, budget):
     """Centre-crop CIFAR features (train, test) of an encoder, as the CLIs compute them."""
     from detcon_jax.evaluate import common, features
 
     backbone, _ = features.load_backbone(workdir, step=step)
-    data = common.ClassificationData(data=str(cifar), source="folder", image_size=image_size,
-                                     batch_size=4, crop_padding=0, num_classes=10)
+    data = common.ClassificationData(data=str(cifar), source="folder",
+                                     image_size=budget.cifar_image_size,
+                                     batch_size=budget.eval_batch_size, crop_padding=0,
+                                     num_classes=10)
     return data, backbone, data.features(backbone, split="train"), data.features(
         backbone, split="test")
 
 
+@pytest.mark.slow  # the tiny budget's whole pipeline
 def test_cifar_figures_recomputed_from_the_same_features(tiny_run):
     """k-NN (independent float64 vote) and linear top-1 of two encoders (random init and
     DetCon-B GT) recomputed from their checkpoints on the budget's CIFAR-10 subset, with the
@@ -152,7 +156,7 @@ def test_cifar_figures_recomputed_from_the_same_features(tiny_run):
     for name in ("random", "detcon_b_gt"):
         row = results["methods"][name]
         data, backbone, (train_x, train_y), (test_x, test_y) = _probe_features(
-            row["workdir"], row["steps"], cifar, budget.cifar_image_size)
+            row["workdir"], row["steps"], cifar, budget)
         assert len(train_y) == 10 * budget.cifar_train_per_class
         assert row["knn"] == pytest.approx(eval_helpers.knn_top1(
             train_x, train_y, test_x, test_y, k=budget.knn_k, temperature=0.07,
@@ -167,6 +171,7 @@ def test_cifar_figures_recomputed_from_the_same_features(tiny_run):
         assert row["evaluation"]["linear"]["sweep"] == want["sweep"], name
 
 
+@pytest.mark.slow  # the tiny budget's whole pipeline
 def test_rerun_skips_finished_stages(tiny_data, tiny_run):
     out, _ = tiny_run
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")}
@@ -179,6 +184,7 @@ def test_rerun_skips_finished_stages(tiny_data, tiny_run):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+@pytest.mark.slow  # the tiny budget's whole pipeline
 def test_other_budget_in_same_out_is_refused(tiny_data, tiny_run):
     out, _ = tiny_run
     result = _run(tiny_data, out, "--budget=small")

@@ -8,6 +8,10 @@ statistics, LARS momentum) to ``|a - b| <= 1e-5 + 1e-4 |b|``, integer leaves exa
 Measured differences are ~1e-6 (float32 reductions in another order). A gradient scaled
 by the device count (the pmap-era ``pmean`` mistake under ``shard_map``) moves the
 un-adapted BatchNorm/bias updates by ~7x their size and fails this by orders of magnitude.
+
+The mesh comes from ``jax.make_mesh`` (topology-aware device order on TPU slices) with
+``Auto`` axes, and a ``mesh`` config with an axis the step does not shard over is a
+``ConfigError`` naming ``mesh`` (it would otherwise replicate the work on that axis).
 """
 
 from __future__ import annotations
@@ -16,9 +20,16 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from cli_helpers import free_port, subprocess_env
+from conftest import smoke_config
+from jax.sharding import AxisType
+from ml_collections import config_dict
+
+from detcon_jax import config as config_lib
+from detcon_jax import sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "train_driver.py"
@@ -58,6 +69,7 @@ def test_eight_devices_match_one_device(single_device_run, tmp_path):
     _assert_same_run(out, single_device_run)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process(single_device_run, tmp_path):
     port = free_port()
@@ -81,3 +93,31 @@ def test_two_processes_match_one_process(single_device_run, tmp_path):
         assert proc.returncode == 0, log[-4000:]
     assert "devices=2" in logs[0] and "devices=2" in logs[1]
     _assert_same_run(out, single_device_run)
+
+
+def test_mesh_is_built_by_jax_make_mesh_with_auto_axes(monkeypatch):
+    calls = []
+    real = jax.make_mesh
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jax, "make_mesh", spy)
+    devices = jax.devices()[:1]
+    mesh = sharding.make_mesh({sharding.DATA_AXIS: 1}, devices=devices)
+    assert len(calls) == 1
+    assert mesh.axis_names == (sharding.DATA_AXIS,) and mesh.shape[sharding.DATA_AXIS] == 1
+    assert mesh.axis_types == (AxisType.Auto,)
+    assert list(mesh.devices.flat) == devices
+    # jax.make_mesh alone would quietly build a smaller mesh from the first devices.
+    with pytest.raises(ValueError, match="do not match"):
+        sharding.make_mesh({sharding.DATA_AXIS: 1}, devices=[])
+
+
+@pytest.mark.parametrize("axes", [{"data": -1, "model": 1}, {"model": -1}, {}])
+def test_mesh_config_with_axes_the_step_does_not_use_is_a_config_error(axes):
+    config = smoke_config()
+    config.mesh = config_dict.ConfigDict(axes)
+    with pytest.raises(config_lib.ConfigError, match="'mesh'"):
+        config_lib.validate(config)

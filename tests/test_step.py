@@ -7,7 +7,7 @@ BatchNorm statistics move (it runs in train mode); the linear probe only counts 
 with a label; the one-network methods carry no target.
 
 The step is jitted exactly as the train CLI does it (``sharding.jit_train_step`` on a
-1-device mesh, the smoke config, ``STEPS`` total steps as ``tests/test_train.py``), so
+1-device mesh, the smoke config, ``cli_helpers.STEPS`` total steps as the train tests), so
 with a persistent compilation cache (CI sets ``JAX_COMPILATION_CACHE_DIR``) the DetCon-B
 program compiled here is the one the CLI tests load. The step donates its input state, so
 each call gets a copy.
@@ -15,28 +15,17 @@ each call gets a copy.
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_helpers import STEPS as TOTAL_STEPS  # the train tests' compiled program
+from conftest import smoke_config
 from tolerances import f32_tolerance, max_rel_err
 
 from detcon_jax import augment, losses, sharding
 from detcon_jax import config as config_lib
 from detcon_jax import step as step_lib
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TOTAL_STEPS = 64  # test_train.STEPS: the same compiled program
-
-
-def _smoke_config():
-    spec = importlib.util.spec_from_file_location("smoke", REPO / "experiments" / "smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _batch(labels: np.ndarray, size: int = 32, batch: int = 8) -> dict[str, np.ndarray]:
@@ -51,7 +40,7 @@ def _batch(labels: np.ndarray, size: int = 32, batch: int = 8) -> dict[str, np.n
 
 
 def _setup(method: str = "detcon_b"):
-    config = _smoke_config()
+    config = smoke_config()
     config.method = method
     if method in ("byol", "simclr"):
         config.masks.source = "none"

@@ -14,18 +14,9 @@ state's leaves (process 0 only).
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import pathlib
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_smoke_config():
-    spec = importlib.util.spec_from_file_location("smoke", REPO / "experiments" / "smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from conftest import smoke_config
 
 
 def global_batches(steps: int, batch: int, size: int, seed: int = 0):
@@ -70,7 +61,7 @@ def main() -> None:
     from detcon_jax import sharding
     from detcon_jax import step as step_lib
 
-    config = load_smoke_config()
+    config = smoke_config()
     config.data.image_size = args.image_size
     config.method = args.method
     if args.method in ("byol", "simclr"):

@@ -128,10 +128,11 @@ class ClassificationData:
     def dataset(self, split: str, *, crop: str = 'center', seed: int | None = None):
         """One pass over ``split`` in file order, padded batches; ``crop`` is ``center``
         (default), ``resize`` or ``random`` (random crop + flip, reproducible with ``seed``)."""
-        from detcon_jax import input_pipeline
+        from detcon_jax import data
 
-        return input_pipeline.make_eval_dataset(
-            self.source, batch_size=self.batch_size, image_size=self.image_size,
+        return data.make_eval_dataset(
+            self.source, batch_size=self.batch_size, stats=data.PipelineStats(),
+            image_size=self.image_size,
             data_dir=self.tfds_data_dir if self.source == 'tfds' else self.data,
             tfds_name=self.data if self.source == 'tfds' else None, split=split,
             train=False, crop=crop, crop_padding=self.crop_padding, seed=seed)

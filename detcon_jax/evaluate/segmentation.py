@@ -415,7 +415,7 @@ def _resolve_splits(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the segmentation evaluation described by parsed CLI ``args``."""
-    from detcon_jax import input_pipeline
+    from detcon_jax import data
 
     test_split = _resolve_splits(args)
     if args.num_classes < 1 or args.epochs < 1 or args.augment_passes < 0:
@@ -423,16 +423,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     backbone, info = common.backbone_from_args(args)
 
     def dataset(split: str, train: bool, crop: str = 'resize', seed: int | None = None):
-        return input_pipeline.make_segmentation_dataset(
-            args.data, batch_size=args.batch_size, image_size=args.image_size, split=split,
+        return data.make_segmentation_dataset(
+            args.data, batch_size=args.batch_size, stats=data.PipelineStats(),
+            image_size=args.image_size, split=split,
             train=train, crop=crop, ignore_label=IGNORE_LABEL, void_ids=args.void_ids,
             # The training stream repeats before it shuffles: a buffer larger than the split
             # would only decode the same images again before the first batch.
             shuffle_buffer=max(1, min(1000, num_train)),
             seed=args.seed if seed is None else seed)
 
-    num_train = input_pipeline.num_examples('folder', data_dir=os.path.join(
-        args.data, args.train_split))
+    num_train = data.sources.FolderSource(
+        os.path.join(args.data, args.train_split)).num_examples()
     names = CAMVID_CLASSES if args.num_classes == len(CAMVID_CLASSES) else None
     results: dict[str, Any] = {'task': f'segmentation_{args.mode}', 'mode': args.mode,
                                 'data': args.data, 'train_split': args.train_split,
