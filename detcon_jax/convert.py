@@ -56,6 +56,11 @@ def progress(message: str) -> None:
     print(f"[convert] {message}", file=sys.stderr, flush=True)
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"[convert] warning: {message}", file=sys.stderr, flush=True)
+
+
 def load_encoder(source: str, *, depth: int | None = None, step: int | None = None
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Encoder ``{'params', 'batch_stats'}`` as numpy arrays, and a description, from ``source``.
@@ -195,14 +200,24 @@ def to_torchvision(source: str, output: str, *, depth: int | None = None,
     else:
         torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, output)
     progress(f"wrote {len(state_dict)} tensors to {output}")
+    projected = export.needs_layer1_projection(variables)
+    patched = export.torchvision_arch(variables, layer1_projection=True)
     if arch:
         progress(f"loads into torchvision.models.{arch}() after model.fc = torch.nn.Identity() "
                  f"(strict=True); see docs/detectron2.md for the padding of strided layers")
+    elif projected and patched:
+        warn(f"this encoder has a projection shortcut in layer1.0 (as the official DetCon "
+             f"torso); torchvision.models.{patched}() has none, so a strict load fails on "
+             f"layer1.0.downsample.* and strict=False gives wrong features. Call "
+             f"detcon_jax.torch_resnet.add_layer1_projection(model) before load_state_dict "
+             f"(docs/detectron2.md)")
     else:
-        progress("no torchvision constructor has this structure (width multiplier, or a "
-                 "projection shortcut in layer1 of a basic-block ResNet); names follow "
-                 "torchvision")
-    return {**info, "output": output, "tensors": len(state_dict), "torchvision_arch": arch}
+        warn("no torchvision constructor has this structure (width multiplier, or block "
+             "counts of no torchvision ResNet); names follow torchvision")
+    # torchvision_arch: the constructor to use (after add_layer1_projection if
+    # layer1_projection), or None.
+    return {**info, "output": output, "tensors": len(state_dict),
+            "torchvision_arch": arch or patched, "layer1_projection": projected}
 
 
 def to_detectron2(source: str, output: str, *, depth: int | None = None,
@@ -217,7 +232,14 @@ def to_detectron2(source: str, output: str, *, depth: int | None = None,
     export.save_detectron2(payload, output)
     progress(f'wrote {len(payload["model"])} tensors to {output}; set MODEL.WEIGHTS to it and '
              f'see docs/detectron2.md for the config (RGB input, STRIDE_IN_1X1=False)')
-    return {**info, "output": output, "tensors": len(payload["model"])}
+    projected = export.needs_layer1_projection(variables)
+    if projected:
+        warn("this encoder has a projection shortcut in res2.0 (as the official DetCon "
+             "torso); detectron2's R18/R34 has none, so the checkpointer leaves "
+             "res2.0.shortcut.* unused and the features are wrong. Add the shortcut to the "
+             "built model before loading the weights (docs/detectron2.md)")
+    return {**info, "output": output, "tensors": len(payload["model"]),
+            "layer1_projection": projected}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
 """Renames and re-lays-out ResNet encoder weights for PyTorch: torchvision and detectron2.
 
-Pure numpy: nothing here needs JAX, torch or detectron2 (torch is imported lazily, only by
-`apply_tf_same_padding`).
+Pure numpy: nothing here needs JAX, torch or detectron2. The PyTorch-side helpers
+(`apply_tf_same_padding`, `add_layer1_projection`) live in ``detcon_jax.torch_resnet``, a
+file that imports only torch so that it can be copied into an environment without
+detcon_jax; they are re-exported here.
 
 Flax (``detcon_jax.model.ResNet``, Haiku-mirroring names) -> torchvision ``ResNet``:
 
@@ -44,11 +46,16 @@ from typing import Any
 
 import numpy as np
 
+from detcon_jax.torch_resnet import add_layer1_projection, apply_tf_same_padding, tf_same_padding
+
 __all__ = [
+    "DETECTRON2_PICKLE_PROTOCOL",
     "TORCHVISION_RESNETS",
+    "add_layer1_projection",
     "apply_tf_same_padding",
     "detectron2_name",
     "flax_to_torchvision",
+    "needs_layer1_projection",
     "save_detectron2",
     "tf_same_padding",
     "to_detectron2",
@@ -74,6 +81,9 @@ _PARAM_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
 _STAT_LEAF = {'mean': 'running_mean', 'var': 'running_var', 'counter': 'num_batches_tracked'}
 
 Variables = Mapping[str, Any]
+
+# See save_detectron2.
+DETECTRON2_PICKLE_PROTOCOL = 4
 
 
 def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -225,17 +235,10 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def torchvision_arch(variables: Variables) -> str | None:
-    """Name of the torchvision constructor whose model takes these weights, or None.
-
-    torchvision has no width multiplier, and its basic-block ResNets (18, 34) have no
-    projection shortcut in ``layer1`` while DetCon's torso has one in every group, so only
-    width-1 bottleneck encoders (and basic-block ones built with
-    ``use_projection=(False, True, True, True)``) match a torchvision model exactly.
-    """
+def _structure(variables: Variables) -> dict[str, Any]:
+    """Blocks per group, block type, stem width, projections and output width of an encoder."""
     params = _encoder_collections(variables)['params']
     try:
-        stem = int(np.shape(params['initial_conv']['kernel'])[-1])
         blocks, projection = [], []
         for i in range(4):
             group = params[f'block_group_{i}']
@@ -243,14 +246,44 @@ def torchvision_arch(variables: Variables) -> str | None:
             projection.append('shortcut_conv' in group['block_0'])
         bottleneck = 'conv_2' in params['block_group_0']['block_0']
         last = params['block_group_3']['block_0']['conv_2' if bottleneck else 'conv_1']
-        out_channels = int(np.shape(last['kernel'])[-1])
+        return {'blocks': tuple(blocks), 'bottleneck': bottleneck, 'projection': projection,
+                'stem': int(np.shape(params['initial_conv']['kernel'])[-1]),
+                'out_channels': int(np.shape(last['kernel'])[-1])}
     except (KeyError, TypeError) as err:
         raise ValueError(f'variables are not a detcon_jax ResNet encoder (missing {err})') from err
+
+
+def needs_layer1_projection(variables: Variables) -> bool:
+    """True for a basic-block encoder with a projection shortcut in its first group.
+
+    The official DetCon torso (and ours by default) projects in the first block of every
+    group; torchvision's ResNet-18/34 have no ``layer1.0.downsample`` and detectron2's
+    R18/R34 no ``res2.0.shortcut``. A strict load of such an export into a stock model
+    fails on those six keys and a non-strict one drops the shortcut (wrong features): add
+    the projection first (`add_layer1_projection` for torchvision).
+    """
+    info = _structure(variables)
+    return not info['bottleneck'] and info['projection'][0]
+
+
+def torchvision_arch(variables: Variables, *, layer1_projection: bool = False) -> str | None:
+    """Name of the torchvision constructor whose model takes these weights, or None.
+
+    torchvision has no width multiplier, and its basic-block ResNets (18, 34) have no
+    projection shortcut in ``layer1`` while DetCon's torso has one in every group, so only
+    width-1 bottleneck encoders (and basic-block ones built with
+    ``use_projection=(False, True, True, True)``) match a stock torchvision model exactly.
+    With ``layer1_projection=True`` a basic-block encoder with a first-group projection
+    matches too: it loads strictly into the named model after `add_layer1_projection`.
+    """
+    info = _structure(variables)
     for name, (want_blocks, want_bottleneck) in TORCHVISION_RESNETS.items():
         want_projection = [True] * 4 if want_bottleneck else [False, True, True, True]
-        if (tuple(blocks) == want_blocks and bottleneck == want_bottleneck and stem == 64
-                and projection == want_projection
-                and out_channels == (2048 if bottleneck else 512)):
+        if layer1_projection and not want_bottleneck:
+            want_projection = [info['projection'][0], True, True, True]
+        if (info['blocks'] == want_blocks and info['bottleneck'] == want_bottleneck
+                and info['stem'] == 64 and info['projection'] == want_projection
+                and info['out_channels'] == (2048 if want_bottleneck else 512)):
             return name
     return None
 
@@ -267,54 +300,13 @@ def to_detectron2(variables: Variables, *, author: str = 'detcon_jax') -> dict[s
 
 
 def save_detectron2(payload: Mapping[str, Any], path: str) -> None:
-    """Pickles a `to_detectron2` payload; detectron2 only reads this layout from ``.pkl``."""
+    """Pickles a `to_detectron2` payload; detectron2 only reads this layout from ``.pkl``.
+
+    Pickle protocol `DETECTRON2_PICKLE_PROTOCOL` (4): numpy 2 pickles arrays under protocol 5
+    through ``numpy._core.numeric._frombuffer``, which numpy 1.x (still common beside
+    detectron2) cannot import; protocol 4 arrays load in numpy >= 1.26 and 2.x.
+    """
     if not str(path).endswith('.pkl'):
         raise ValueError(f'{path}: detectron2 reads this layout only from a file ending in .pkl')
     with open(path, 'wb') as f:
-        pickle.dump(dict(payload), f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """(before, after) padding of TF/Haiku/Flax ``SAME`` along one axis of length ``size``.
-
-    Output length is ``ceil(size / stride)``; the total padding is split with the extra
-    pixel after. E.g. kernel 7 stride 2: (2, 3) on even sizes, (3, 3) on odd ones, where
-    PyTorch's ``padding=3`` always gives (3, 3).
-    """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def apply_tf_same_padding(model: Any) -> Any:
-    """Makes a torchvision ResNet pad its strided layers as TF ``SAME`` (in place; returns it).
-
-    Every ``Conv2d`` and ``MaxPool2d`` with stride > 1 gets ``padding=0`` and a forward
-    pre-hook that pads its input by `tf_same_padding` of the input's size (zeros for
-    convolutions, -inf for max-pooling), so the model computes exactly our features for any
-    input size. ``state_dict`` keys are unchanged. Needs torch.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    def hook_for(kernel: tuple[int, int], stride: tuple[int, int], value: float):
-        def pad(_module, inputs):
-            x = inputs[0]
-            top, bottom = tf_same_padding(int(x.shape[-2]), kernel[0], stride[0])
-            left, right = tf_same_padding(int(x.shape[-1]), kernel[1], stride[1])
-            return (F.pad(x, (left, right, top, bottom), value=value), *inputs[1:])
-        return pad
-
-    def pair(v: Any) -> tuple[int, int]:
-        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d) and max(pair(module.stride)) > 1:
-            module.padding = (0, 0)
-            module.register_forward_pre_hook(
-                hook_for(pair(module.kernel_size), pair(module.stride), 0.0))
-        elif isinstance(module, torch.nn.MaxPool2d) and max(pair(module.stride)) > 1:
-            module.padding = 0
-            module.register_forward_pre_hook(
-                hook_for(pair(module.kernel_size), pair(module.stride), float('-inf')))
-    return model
+        pickle.dump(dict(payload), f, protocol=DETECTRON2_PICKLE_PROTOCOL)

@@ -110,6 +110,21 @@ def checkpoint_steps(ckpt_dir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
 
 
+def tensorboard_scalars(logdir: os.PathLike, tag: str) -> dict[int, float]:
+    """Values of the scalar ``tag`` by step, read from every event file under ``logdir``."""
+    import tensorflow as tf
+
+    values: dict[int, float] = {}
+    for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = (float(tf.make_ndarray(value.tensor))
+                                          if value.HasField("tensor") else value.simple_value)
+    return values
+
+
 def assert_same_state(got: dict, want: dict, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
     """Float leaves to ``|a - b| <= atol + rtol |b|``, integer leaves exactly."""
     import numpy as np

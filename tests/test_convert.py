@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import pickletools
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from torch_helpers import require
 
 from detcon_jax import checkpoint, convert, export, interop, model
 from detcon_jax.config import ConfigError, model_signature
@@ -77,11 +79,45 @@ def test_to_torchvision_npz(source, haiku_npy, orbax_dir, reference, tmp_path):
         np.testing.assert_array_equal(got[key], value)
 
 
-def test_to_detectron2_pkl(haiku_npy, reference, tmp_path):
+def test_to_torchvision_pth_with_torch(haiku_npy, reference, tmp_path, capsys):
+    """With torch: a .pth that torch.load reads back (weights_only, as torch's default) into
+    the exported tensors, dtypes included; the official torso's layer1 projection is warned
+    about with the fix."""
+    torch = require('torch')
+    out = tmp_path / 'r18.pth'
+    assert convert.main(['to-torchvision', f'--input={haiku_npy}', f'--output={out}']) == 0
+    warning = [x for x in capsys.readouterr().err.splitlines() if 'warning:' in x]
+    assert len(warning) == 1 and 'layer1.0.downsample' in warning[0]
+    assert 'add_layer1_projection' in warning[0] and 'resnet18' in warning[0]
+    loaded = torch.load(out, weights_only=True)
+    want = export.flax_to_torchvision(reference)
+    assert set(loaded) == set(want)
+    for key, value in want.items():
+        assert isinstance(loaded[key], torch.Tensor)
+        got = loaded[key].numpy()
+        assert got.dtype == value.dtype and got.shape == value.shape, key
+        np.testing.assert_array_equal(got, value)
+
+
+def test_to_torchvision_pth_without_torch_is_refused(haiku_npy, tmp_path, capsys,
+                                                     monkeypatch):
+    monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` raises ImportError
+    assert 'torch is not importable' in _error(
+        capsys, ['to-torchvision', f'--input={haiku_npy}', f'--output={tmp_path}/x.pth'])
+    assert not (tmp_path / 'x.pth').exists()
+
+
+def test_to_detectron2_pkl(haiku_npy, reference, tmp_path, capsys):
     out = str(tmp_path / 'r18.pkl')
     assert convert.main(['to-detectron2', f'--input={haiku_npy}', f'--output={out}']) == 0
+    warning = [x for x in capsys.readouterr().err.splitlines() if 'warning:' in x]
+    assert len(warning) == 1 and 'res2.0.shortcut' in warning[0], warning
     with open(out, 'rb') as f:
-        payload = pickle.load(f, encoding='latin1')
+        data = f.read()
+    # Protocol 4: numpy 1.x cannot read numpy 2's protocol-5 array pickles.
+    first, protocol, _ = next(pickletools.genops(data))
+    assert first.name == 'PROTO' and protocol == 4
+    payload = pickle.loads(data, encoding='latin1')
     assert payload['matching_heuristics'] is True and 'detcon_jax' in payload['__author__']
     want = export.to_detectron2(reference)['model']
     assert set(payload['model']) == set(want)
@@ -114,11 +150,6 @@ def test_errors_are_one_line(haiku_npy, orbax_dir, tmp_path, capsys):
     np.save(broken_path, broken, allow_pickle=True)
     assert 'missing checkpoint key res_net18/~/block_group_2/~/block_1/~/conv_0/w' in _error(
         capsys, ['to-torchvision', f'--input={broken_path}', f'--output={tmp_path}/x.npz'])
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        assert 'torch is not importable' in _error(
-            capsys, ['to-torchvision', f'--input={haiku_npy}', f'--output={tmp_path}/x.pth'])
 
 
 def test_module_entry_point(tmp_path):
