@@ -14,7 +14,10 @@ possible).
 - SIGTERM before the distributed runtime has started (a process of a two-process job whose
   peer never comes) ends the process promptly and writes nothing.
 - ``skipped_images`` is summed over the hosts: two processes, each with its own share of
-  the corrupt files, log the total.
+  the corrupt files, log the total; without ``data.cache`` a bad file counts each epoch.
+- A batch size not divisible by the process count is a config error.
+- With ``jax_enable_preemption_service`` off, a SIGTERM to every host still stops all of
+  them after one step (their signal flags are all-gathered).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from cli_helpers import (
     EVERY,
     REPO,
     RUN,
+    STEPS,
     Training,
     checkpoint_steps,
     free_port,
@@ -206,3 +210,72 @@ def test_skipped_images_are_summed_over_hosts(tmp_path):
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert all(x["skipped_images"] == 3 for x in lines), lines
+
+
+def test_corrupt_images_are_counted_each_time_they_are_met_without_cache(full_run, tmp_path):
+    # Without data.cache every epoch reads the files again, so the two bad files count again
+    # in each epoch: during the fast-forward to the checkpoint's data position (60 batches of
+    # 8 over 6 good images) and then during the 4 steps trained, 8 images each. With the
+    # cache (test_train_metrics) they count once. (Read-ahead makes the exact count at a
+    # step depend on how far the pipeline has read.)
+    start = STEPS - EVERY
+    workdir = resume_workdir(full_run, tmp_path, start)
+    images = tmp_path / "folder" / "images"
+    images.mkdir(parents=True)
+    rs = np.random.RandomState(0)
+    for i in range(6):
+        blocks = rs.randint(0, 256, (6, 5, 3)).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+        (images / f"good{i}.png").write_bytes(image_bytes(blocks, "PNG"))
+    jpeg = image_bytes(rs.randint(0, 256, (48, 40, 3)).astype(np.uint8), "JPEG")
+    (images / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    (images / "garbage.png").write_bytes(rs.bytes(500))
+    proc = run_cli(workdir, *RUN, "--config.data.source=folder",
+                   f"--config.data.path={images.parent}", "--config.data.num_examples=64",
+                   "--config.data.shuffle_buffer=8", "--config.data.cache=false")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    counts = [json.loads(x)["skipped_images"]
+              for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(counts) == EVERY and counts == sorted(counts), counts
+    assert counts[0] >= 2 * (start * 8 // 6) and counts[-1] > counts[0], counts
+
+
+def test_batch_not_divisible_by_the_process_count_is_a_config_error():
+    from conftest import smoke_config
+
+    from detcon_jax import config as config_lib
+
+    config = smoke_config()  # batch 8
+    config_lib.validate_runtime(config, device_count=4, process_count=2)
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"'batch_size': 8 is not divisible by the 3 processes"):
+        config_lib.validate_runtime(config, device_count=4, process_count=3)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigterm_to_every_host_without_the_preemption_service(tmp_path):
+    # jax_enable_preemption_service off: the hosts all-gather their signal flags after every
+    # step, so a SIGTERM to both (a little apart) still stops both after one step.
+    workdir = tmp_path / "pod"
+    port = free_port()
+    runs = [Training(workdir, "--distributed", "--config.num_steps=1000",
+                     "--config.checkpoint.every_steps=1000", env=subprocess_env(
+                         1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                         DETCON_NUM_PROCESSES="2", DETCON_PROCESS_ID=str(i),
+                         JAX_ENABLE_PREEMPTION_SERVICE="false"))
+            for i in range(2)]
+    try:
+        for run in runs:
+            assert run.wait_for(lambda r=run: r.last_step() > 2), run.output()[-4000:]
+        runs[0].proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        runs[1].proc.send_signal(signal.SIGTERM)
+        codes = [run.finish() for run in runs]
+    finally:
+        for run in runs:
+            if run.proc.poll() is None:
+                run.proc.kill()
+    assert codes == [0, 0], [run.output()[-3000:] for run in runs]
+    stops = [int(re.search(r"Stopping at step (\d+)", run.output()).group(1)) for run in runs]
+    assert stops[0] == stops[1] > 2, stops
+    assert checkpoint_steps(workdir / "checkpoints") == [stops[0]]
