@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from tolerances import f32_tolerance
 
 from detcon_jax import bench, fh_masks
 
@@ -61,8 +62,12 @@ def test_loss_smoke_on_two_devices(repo_root):
     assert result["num_devices"] == 2 and result["global_batch"] == 8
     assert result["memory_ratio"] == pytest.approx(
         result["temp_bytes"] / result["direct_temp_bytes"], rel=1e-3)
-    assert result["abs_diff"] <= 1e-4 * max(1.0, abs(result["loss"]))
-    assert result["grad_max_abs_diff"] <= 1e-5
+    # float32 rounding of two summation orders (tests/tolerances.py): each logit is a 16-term
+    # dot product and each row's log-sum-exp runs over the 8 x 4 = 32 global masks (n = 512),
+    # then a mean; a gradient entry of the mean loss is at most ~ (1 / temperature) / (B R)
+    # = 10 / 32.
+    assert result["abs_diff"] <= f32_tolerance(32 * 16, depth=2, magnitude=abs(result["loss"]))
+    assert result["grad_max_abs_diff"] <= f32_tolerance(32 * 16, depth=3, magnitude=10 / 32)
 
 
 @pytest.mark.parametrize("cache", [False, True])

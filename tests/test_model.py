@@ -7,12 +7,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import EPS32, assert_f32_close, f32_tolerance
 
 from detcon_jax import interop, model
 
 BN = {'decay_rate': 0.9, 'eps': 1e-5, 'create_scale': True, 'create_offset': True}
-# Parity tolerance: largest |flax - haiku| <= TOL * largest |haiku|.
-TOL = 1e-4
+# Parity tolerance: largest |flax - haiku| <= TOL * largest |haiku|, the float32 rounding
+# of two summation orders (tests/tolerances.py) of the parity networks: their longest sums
+# are a BatchNorm's over 2 x 48 x 48 positions and a 3 x 3 x 512 convolution (n = 4608), and
+# a feature passes 21 layers (17 convolutions and 4 shortcuts of a ResNet-18, each with a
+# BatchNorm).
+TOL = f32_tolerance(4608, depth=21)
+# The tiny DetCon network of `detcon_case` (96 px, batch 2, 8 channels): the longest sum is
+# the stem BatchNorm's over 2 x 48 x 48 = 4608 positions; encoder (9 convolutions and 4
+# shortcuts), projector and predictor (2 layers each) make 17 layers; gradients go back
+# through them again (34).
+TINY_TOL = f32_tolerance(4608, depth=17)
+TINY_GRAD_TOL = f32_tolerance(4608, depth=34)
 
 
 class HaikuTorso(hk.Module):
@@ -130,7 +141,8 @@ def test_resnet_matches_haiku_train_and_eval(case):
         if value.dtype == np.int32:
             assert int(got) == int(value) == 2, path
         else:
-            np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-6, err_msg=str(path))
+            # Batch statistics: sums over the batch of the features (TOL).
+            assert_f32_close(got, value, TOL, err_msg=str(path))
     hk_ev = hk_eval(hk_params, hk_state, images[2])
     fl_ev = fl_eval({'params': variables['params'], 'batch_stats': stats}, images[2])
     assert _rel_err(fl_ev, hk_ev) <= TOL, case
@@ -141,9 +153,10 @@ def test_conv_init_is_haikus_truncated_normal():
     shape = (3, 3, 256, 256)
     fan_in = 3 * 3 * 256
     w = np.asarray(model.haiku_default_init(jax.random.key(0), shape))
+    # One float32 multiplication (by a rounded 1/sqrt(fan_in)) apart: 2 eps.
     np.testing.assert_allclose(
         w, np.asarray(jax.random.truncated_normal(jax.random.key(0), -2.0, 2.0, shape))
-        / np.sqrt(fan_in), rtol=1e-6)
+        / np.sqrt(fan_in), rtol=2 * EPS32)
     assert w.dtype == np.float32
     assert np.abs(w).max() <= 2.0 / np.sqrt(fan_in) + 1e-7
     # Std of N(0,1) truncated to [-2, 2] is 0.8796 (Flax's variance_scaling would give 1).
@@ -246,8 +259,9 @@ def test_mlp_matches_haiku_and_normalises_over_batch_and_rois():
     # Statistics over B and R: the first step's average is the mean over both axes.
     hidden_act = x[0] @ variables['params']['linear']['kernel'] + \
         variables['params']['linear']['bias']
-    np.testing.assert_allclose(upd['batch_stats']['batch_norm']['mean'],
-                               hidden_act.mean(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    # A mean over B x R = 12 rows of a 16-term product sum: f32_tolerance(16 * 12).
+    assert_f32_close(upd['batch_stats']['batch_norm']['mean'], hidden_act.mean(axis=(0, 1)),
+                     f32_tolerance(16 * 12))
 
 
 def _tiny_detcon(**kwargs):
@@ -290,14 +304,15 @@ def test_detcon_network_outputs_and_normalisation(detcon_case):
     feats, _ = jax.jit(lambda v, x: encoder.apply(v, x, train=True, mutable=['batch_stats']))(
         {'params': variables['params']['encoder'],
          'batch_stats': variables['batch_stats']['encoder']}, normed)
-    np.testing.assert_allclose(out['embedding'], feats.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    # The same encoder in another program: its rounding (TINY_TOL), plus the 9-cell mean.
+    assert_f32_close(out['embedding'], feats.mean(axis=(1, 2)), TINY_TOL)
     flat = feats.reshape(b, 9, -1)
     pooled = jnp.einsum('brp,bpc->brc', masks, flat) / jnp.maximum(
         masks.sum(-1, keepdims=True), 1.0)
     proj, _ = model.MLP(16, 8).apply({'params': variables['params']['projector'],
                                       'batch_stats': variables['batch_stats']['projector']},
                                      pooled, train=True, mutable=['batch_stats'])
-    np.testing.assert_allclose(out['projection'], proj, rtol=1e-4, atol=1e-5)
+    assert_f32_close(out['projection'], proj, TINY_TOL)
     assert model.IMAGENET_MEAN == (0.485, 0.456, 0.406)
     assert model.IMAGENET_STD == (0.229, 0.224, 0.225)
 
@@ -342,25 +357,30 @@ def test_init_state_holds_init_batch_statistics():
     x = jax.random.normal(jax.random.key(0), (4, 3, 5)) + 2.0
     variables = bn.init(jax.random.key(1), x, train=True)
     stats = variables['batch_stats']
-    np.testing.assert_allclose(stats['mean'], x.mean(axis=(0, 1)), rtol=1e-5)
-    np.testing.assert_allclose(stats['var'], x.var(axis=(0, 1)), rtol=1e-4)
+    # Means over 4 x 3 = 12 values: f32_tolerance(12). The variance is E[x^2] - E[x]^2 (as
+    # Haiku's), so its rounding is at the scale of E[x^2], not of the variance.
+    assert_f32_close(stats['mean'], x.mean(axis=(0, 1)), f32_tolerance(12))
+    square_scale = float(np.max(np.mean(np.square(x), axis=(0, 1))) / np.max(x.var(axis=(0, 1))))
+    assert_f32_close(stats['var'], x.var(axis=(0, 1)),
+                     f32_tolerance(12, depth=2, magnitude=square_scale))
     assert int(stats['counter']) == 0
     y = x * 3.0
     _, upd = bn.apply(variables, y, train=True, mutable=['batch_stats'])
-    np.testing.assert_allclose(upd['batch_stats']['mean'], y.mean(axis=(0, 1)), rtol=1e-5)
+    assert_f32_close(upd['batch_stats']['mean'], y.mean(axis=(0, 1)), f32_tolerance(12))
     assert int(upd['batch_stats']['counter']) == 1
     # Second step: Haiku's debiased EMA, (0.9 * 0.1 * m1 + 0.1 * m2) / (1 - 0.9 ** 2).
     _, upd2 = bn.apply({**variables, **upd}, x, train=True, mutable=['batch_stats'])
     m1, m2 = y.mean(axis=(0, 1)), x.mean(axis=(0, 1))
-    np.testing.assert_allclose(upd2['batch_stats']['mean'],
-                               (0.09 * m1 + 0.1 * m2) / (1 - 0.81), rtol=1e-5)
+    assert_f32_close(upd2['batch_stats']['mean'], (0.09 * m1 + 0.1 * m2) / (1 - 0.81),
+                     f32_tolerance(12, depth=3))
     zeros = bn.init(jax.random.key(1), x, train=False)['batch_stats']
     assert all(np.all(v == 0) for v in jax.tree.leaves(zeros))
 
 
 def test_interleaved_views_equal_consecutive_single_view_calls(detcon_case):
     """``num_views=2`` on an interleaved batch == the official two consecutive calls: outputs,
-    chained moving averages (from a non-zero counter), counters and gradients."""
+    chained moving averages (from a non-zero counter), counters and gradients, to the
+    float32 rounding of two summation orders (TINY_TOL, TINY_GRAD_TOL)."""
     net, variables, images, masks = detcon_case
     images2 = jax.random.uniform(jax.random.key(7), images.shape) ** 2  # other statistics
     masks2 = masks[:, ::-1]
@@ -393,23 +413,24 @@ def test_interleaved_views_equal_consecutive_single_view_calls(detcon_case):
     for ref_view, view in zip(ref_out, out, strict=True):
         assert set(view) == set(ref_view)
         for key in ref_view:
-            assert _rel_err(view[key], ref_view[key]) <= 1e-5, key
+            assert _rel_err(view[key], ref_view[key]) <= TINY_TOL, key
     for (path, ref), leaf in zip(jax.tree_util.tree_leaves_with_path(ref_stats),
                                  jax.tree.leaves(new_stats), strict=True):
         if ref.dtype == jnp.int32:
             assert np.all(np.asarray(leaf) == 5), path  # two updates from counter 3
         else:
-            assert _rel_err(leaf, ref) <= 1e-5, path
+            assert _rel_err(leaf, ref) <= TINY_TOL, path
     # The chain really moved the averages (otherwise the comparison above proves little).
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), stats, ref_stats)
     assert min(v for v in jax.tree.leaves(moved) if v != 2.0) > 1e-4
-    # Gradients to 1e-4 of the largest entry (float32 reassociation in a tiny-batch network;
-    # measured 1.8e-5). Relative to the largest entry since some leaves are zero up to rounding
-    # (biases in front of a BatchNorm, the classifier this loss does not reach).
+    # Gradients to TINY_GRAD_TOL of the largest entry (the float32 rounding of two summation
+    # orders through the network and back). Relative to the largest entry since some leaves
+    # are zero up to rounding (biases in front of a BatchNorm, the classifier this loss does
+    # not reach).
     scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(ref_grad))
     for (path, ref), leaf in zip(jax.tree_util.tree_leaves_with_path(ref_grad),
                                  jax.tree.leaves(grad), strict=True):
-        assert np.abs(np.asarray(leaf) - np.asarray(ref)).max() <= 1e-4 * scale, path
+        assert np.abs(np.asarray(leaf) - np.asarray(ref)).max() <= TINY_GRAD_TOL * scale, path
     # Evaluation mode ignores num_views; the parameters do not depend on it.
     ev = {'params': variables['params'], 'batch_stats': stats}
     np.testing.assert_array_equal(paired.apply(ev, images, masks, train=False)['projection'],

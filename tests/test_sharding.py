@@ -2,11 +2,13 @@
 
 Each run is a fresh process (``tests/train_driver.py``): the device count is fixed when
 JAX starts. All runs train the smoke model for 3 steps (96 px, so that the 3x3 feature grid
-holds several mask ids) on the same global batches, and must agree with the 1-device run:
-losses to rtol 1e-5, every float leaf of the final state (online/target parameters, batch
-statistics, LARS momentum) to ``|a - b| <= 1e-5 + 1e-4 |b|``, integer leaves exactly.
-Measured differences are ~1e-6 (float32 reductions in another order). A gradient scaled
-by the device count (the pmap-era ``pmean`` mistake under ``shard_map``) moves the
+holds several mask ids) on the same global batches, and must agree with the 1-device run to
+the float32 error scale of the computation (tests/tolerances.py; the sharded programs sum in
+another order): the longest sums are the BatchNorms' over 8 images x 48 x 48 = 18432
+positions, a value passes ~16 layers, so the losses to ``LOSS_TOL`` relative and every float
+leaf of the final state (online/target parameters, batch statistics, LARS momentum) to
+``|a - b| <= STATE_TOL (|b| + mean |b|)`` (forward and backward), integer leaves exactly.
+A gradient scaled by the device count (the pmap-era ``pmean`` mistake under ``shard_map``) moves the
 un-adapted BatchNorm/bias updates by ~7x their size and fails this by orders of magnitude.
 
 The mesh comes from ``jax.make_mesh`` (topology-aware device order on TPU slices) with
@@ -27,6 +29,7 @@ from cli_helpers import free_port, subprocess_env
 from conftest import smoke_config
 from jax.sharding import AxisType
 from ml_collections import config_dict
+from tolerances import assert_state_close, f32_tolerance
 
 from detcon_jax import config as config_lib
 from detcon_jax import sharding
@@ -34,6 +37,8 @@ from detcon_jax import sharding
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "train_driver.py"
 STEPS = 3
+LOSS_TOL = f32_tolerance(18432, depth=16)
+STATE_TOL = f32_tolerance(18432, depth=32)
 
 
 def _run_driver(out: pathlib.Path, *, devices: int | None = None, extra: tuple = ()) -> None:
@@ -45,11 +50,11 @@ def _run_driver(out: pathlib.Path, *, devices: int | None = None, extra: tuple =
 
 def _assert_same_run(result: pathlib.Path, reference: pathlib.Path) -> None:
     got, want = np.load(result), np.load(reference)
-    np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-5)
+    np.testing.assert_allclose(got["losses"], want["losses"], rtol=LOSS_TOL)
     assert sorted(got.files) == sorted(want.files)
     for key in want.files:
         if want[key].dtype.kind == "f":
-            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
+            assert_state_close(got[key], want[key], STATE_TOL, err_msg=key)
         else:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 

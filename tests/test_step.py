@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from cli_helpers import STEPS as TOTAL_STEPS  # the train tests' compiled program
 from conftest import smoke_config
-from tolerances import f32_tolerance, max_rel_err
+from tolerances import assert_state_close, f32_tolerance, max_rel_err
 
 from detcon_jax import augment, losses, sharding
 from detcon_jax import config as config_lib
@@ -125,15 +125,17 @@ def test_one_step_update_order_and_bookkeeping(detcon_b):
     assert int(new.step) == 1
     assert int(new.opt_state[-1].count) == 1  # LR schedule count == training step
     tau = float(schedules.target_ema(0))
-    np.testing.assert_allclose(float(metrics["tau"]), tau, rtol=1e-7)
+    # The same schedule functions, jitted into the step vs called here: ~5 float32 operations.
+    np.testing.assert_allclose(float(metrics["tau"]), tau, rtol=f32_tolerance(1, depth=5))
     assert float(metrics["lr"]) > 0
     np.testing.assert_allclose(float(metrics["lr"]), float(schedules.learning_rate(0)),
-                               rtol=1e-7)
+                               rtol=f32_tolerance(1, depth=5))
     # Target EMA towards the *updated* online parameters.
     expected = jax.tree.map(lambda t, o: t + (1 - tau) * (o - t),
                             state.target_params, new.online_params)
+    # t + (1 - tau) (o - t): three float32 operations per element.
     for got, want in zip(_leaves(new.target_params), _leaves(expected), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert_state_close(got, want, f32_tolerance(1, depth=3))
     # Online parameters moved; both networks' BatchNorm moving mean and variance moved
     # (not only the update counter).
     assert any(not np.array_equal(a, b) for a, b in
@@ -160,8 +162,10 @@ def test_one_step_update_order_and_bookkeeping(detcon_b):
     for key in ("loss", "repr_loss", "classif_loss", "top1_accuracy", "proj_std",
                 "normalized_proj_std", "pred_std", "normalized_pred_std", "lr", "tau"):
         assert np.isfinite(float(metrics[key])), key
+    # One float32 addition.
     np.testing.assert_allclose(float(metrics["loss"]),
-                               float(metrics["repr_loss"] + metrics["classif_loss"]), rtol=1e-6)
+                               float(metrics["repr_loss"] + metrics["classif_loss"]),
+                               rtol=f32_tolerance(2))
 
 
 def test_probe_ignores_unlabelled_examples(detcon_b):
@@ -171,8 +175,9 @@ def test_probe_ignores_unlabelled_examples(detcon_b):
     assert float(unlabelled["loss"]) == float(unlabelled["repr_loss"])
     # The representation loss does not depend on the labels.
     _, labelled = train_step(state, _batch(np.arange(8) % 10))
+    # The same program on the same views (LOSS_TOL: only the summation order may differ).
     np.testing.assert_allclose(float(labelled["repr_loss"]), float(unlabelled["repr_loss"]),
-                               rtol=1e-6)
+                               rtol=LOSS_TOL)
     assert float(labelled["classif_loss"]) > 0
 
 

@@ -34,3 +34,22 @@ def max_rel_err(got, want) -> float:
     """``max |got - want| / max |want|``: an error relative to the result's own scale."""
     want = np.asarray(want, np.float64)
     return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())
+
+
+def assert_f32_close(got, want, tol: float, *, err_msg: str = "") -> None:
+    """``|got - want| <= tol * max |want|`` elementwise: an error relative to the scale of
+    the result (rounding of a float32 sum does not shrink with a small element)."""
+    want = np.asarray(want, np.float64)
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0,
+                               atol=tol * scale, err_msg=err_msg)
+
+
+def assert_state_close(got, want, tol: float, *, err_msg: str = "") -> None:
+    """Elementwise ``|got - want| <= tol * (|want| + mean |want|)``: relative error ``tol``,
+    with the array's mean magnitude as the floor for elements near zero (their rounding is
+    at the scale of the sums that made them, not of their own value)."""
+    want = np.asarray(want, np.float64)
+    floor = float(np.abs(want).mean()) if want.size else 0.0
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol,
+                               atol=tol * floor, err_msg=err_msg)
