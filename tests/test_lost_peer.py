@@ -11,8 +11,9 @@
   service go unanswered for ``--heartbeat_timeout`` seconds, then JAX ends it (status
   134, JAX's own message); local.sh stops only when the stopped process is killed too.
 - A rerun resumes from the newest complete checkpoint again and finishes: the final state
-  equals an uninterrupted two-process run's to ``|a - b| <= STATE_TOL (|b| + mean |b|)``
-  (``cli_helpers``: the float32 error scale of a step) and
+  equals an uninterrupted two-process run's to ``|a - b| <= STATE_TOL (|b| + m)`` (``m``:
+  the largest value of its part of the state; ``cli_helpers``: the float32 error scale of
+  a step) and
   ``metrics.jsonl`` holds every step once.
 """
 

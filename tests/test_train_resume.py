@@ -7,9 +7,10 @@ train tests, see ``cli_helpers``).
   is being written, then a resume to the end: every start resumes from the newest
   complete checkpoint (never a temporary one), loses at most one checkpoint interval
   (plus the steps of a save still in flight when killed), and the final state equals the
-  uninterrupted run's to ``|a - b| <= STATE_TOL (|b| + mean |b|)`` (same program on the
-  same data; only thread scheduling can reorder float sums, so the float32 error scale of a
-  step, ``cli_helpers.STATE_TOL``). ``metrics.jsonl`` ends up holding each
+  uninterrupted run's to ``|a - b| <= STATE_TOL (|b| + m)`` (``m``: the largest value of
+  its part of the state; same program on the same data, only thread scheduling can reorder
+  float sums, so the float32 error scale of a step, ``cli_helpers.STATE_TOL``).
+  ``metrics.jsonl`` ends up holding each
   step exactly once.
 - SIGTERM checkpoints at the current step and exits 0.
 """

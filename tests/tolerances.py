@@ -16,6 +16,7 @@ orders of magnitude larger than rounding.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -53,3 +54,29 @@ def assert_state_close(got, want, tol: float, *, err_msg: str = "") -> None:
     floor = float(np.abs(want).mean()) if want.size else 0.0
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol,
                                atol=tol * floor, err_msg=err_msg)
+
+
+def assert_leaves_close(got: dict, want: dict, tol: float) -> None:
+    """Flattened trees ``{path: array}`` (e.g. a training state): integer leaves exactly,
+    float leaves to ``|a - b| <= tol (|b| + m)`` with ``m`` the largest magnitude among the
+    leaves of the same part (the path's first name: online_params, opt_state, ...). Some
+    leaves are rounding noise of the computation that made them (the bias of a layer
+    followed by BatchNorm has a zero gradient up to rounding), so their floor is the
+    scale of their part, not their own."""
+    assert got.keys() == want.keys()
+
+    def part(key: str) -> str:
+        match = re.search(r"\w+", key)
+        return match.group(0) if match else key
+
+    floors: dict[str, float] = {}
+    for key, value in want.items():
+        if np.asarray(value).dtype.kind == "f" and np.size(value):
+            floors[part(key)] = max(floors.get(part(key), 0.0), float(np.abs(value).max()))
+    for key, value in want.items():
+        value = np.asarray(value)
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(np.asarray(got[key], np.float64), value, rtol=tol,
+                                       atol=tol * floors.get(part(key), 0.0), err_msg=key)
+        else:
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
