@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 
 import pytest
 
 
 def require(name: str):
     """Imports ``name``: an ImportError where DETCON_REQUIRE_TORCH=1, otherwise a skip."""
+    # triton's native library crashes the process (SIGSEGV) when it loads after
+    # TensorFlow's, which the other tests of a session have loaded; torchvision imports it
+    # through torch's compiler stack when it is installed (the PyPI CUDA wheels bring it).
+    # These checks run torch eagerly on CPU and need no triton: torch treats it as absent.
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None
     if os.environ.get("DETCON_REQUIRE_TORCH") == "1":
         return importlib.import_module(name)
     return pytest.importorskip(name, reason=f"{name} is not installed (the torch checks of "
