@@ -235,3 +235,21 @@ def write_fh_records(path: pathlib.Path, num: int, label: int, *, settings: int 
                     bytes_list=tf.train.BytesList(value=[fh.tobytes()]))
             example = tf.train.Example(features=tf.train.Features(feature=feature))
             writer.write(example.SerializeToString())
+
+
+def folder_with_corrupt_images(root: pathlib.Path) -> pathlib.Path:
+    """``root/images``: six good images (PNG and JPEG) plus ``truncated.jpg`` and
+    ``garbage.png``; returns ``root`` (a ``folder`` source's data path)."""
+    import numpy as np
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    rs = np.random.RandomState(0)
+    for i in range(6):
+        blocks = rs.randint(0, 256, (6, 5, 3)).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+        fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
+        (images / f"good{i}.{ext}").write_bytes(image_bytes(blocks, fmt))
+    jpeg = image_bytes(rs.randint(0, 256, (48, 40, 3)).astype(np.uint8), "JPEG")
+    (images / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    (images / "garbage.png").write_bytes(rs.bytes(500))
+    return root

@@ -40,6 +40,7 @@ from cli_helpers import (
     STEPS,
     Training,
     checkpoint_steps,
+    folder_with_corrupt_images,
     free_port,
     image_bytes,
     load_state,
@@ -220,17 +221,9 @@ def test_corrupt_images_are_counted_each_time_they_are_met_without_cache(full_ru
     # step depend on how far the pipeline has read.)
     start = STEPS - EVERY
     workdir = resume_workdir(full_run, tmp_path, start)
-    images = tmp_path / "folder" / "images"
-    images.mkdir(parents=True)
-    rs = np.random.RandomState(0)
-    for i in range(6):
-        blocks = rs.randint(0, 256, (6, 5, 3)).astype(np.uint8).repeat(8, 0).repeat(8, 1)
-        (images / f"good{i}.png").write_bytes(image_bytes(blocks, "PNG"))
-    jpeg = image_bytes(rs.randint(0, 256, (48, 40, 3)).astype(np.uint8), "JPEG")
-    (images / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
-    (images / "garbage.png").write_bytes(rs.bytes(500))
-    proc = run_cli(workdir, *RUN, "--config.data.source=folder",
-                   f"--config.data.path={images.parent}", "--config.data.num_examples=64",
+    data = folder_with_corrupt_images(tmp_path / "folder")
+    proc = run_cli(workdir, *RUN, "--config.data.source=folder", f"--config.data.path={data}",
+                   "--config.data.num_examples=64",
                    "--config.data.shuffle_buffer=8", "--config.data.cache=false")
     assert proc.returncode == 0, proc.stderr[-4000:]
     counts = [json.loads(x)["skipped_images"]

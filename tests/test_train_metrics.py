@@ -20,7 +20,7 @@ from cli_helpers import (
     RUN,
     STEPS,
     checkpoint_steps,
-    image_bytes,
+    folder_with_corrupt_images,
     resume_workdir,
     run_cli,
     tensorboard_scalars,
@@ -51,19 +51,9 @@ def test_cli_writes_checkpoints_tensorboard_and_metrics(full_run):
 def test_corrupt_images_are_skipped_logged_once_and_counted(full_run, tmp_path):
     start = STEPS - EVERY
     workdir = resume_workdir(full_run, tmp_path, start)
-    images = tmp_path / "folder" / "images"
-    images.mkdir(parents=True)
-    rs = np.random.RandomState(0)
-    for i in range(6):
-        blocks = rs.randint(0, 256, (6, 5, 3)).astype(np.uint8).repeat(8, 0).repeat(8, 1)
-        fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
-        (images / f"good{i}.{ext}").write_bytes(image_bytes(blocks, fmt))
-    jpeg = image_bytes(rs.randint(0, 256, (48, 40, 3)).astype(np.uint8), "JPEG")
-    (images / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
-    (images / "garbage.png").write_bytes(rs.bytes(500))
-    proc = run_cli(workdir, *RUN, "--config.data.source=folder",
-                   f"--config.data.path={images.parent}", "--config.data.num_examples=64",
-                   "--config.data.shuffle_buffer=8")
+    data = folder_with_corrupt_images(tmp_path / "folder")
+    proc = run_cli(workdir, *RUN, "--config.data.source=folder", f"--config.data.path={data}",
+                   "--config.data.num_examples=64", "--config.data.shuffle_buffer=8")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert checkpoint_steps(workdir / "checkpoints") == [start, STEPS]
     for name in ("truncated.jpg", "garbage.png"):
