@@ -17,20 +17,21 @@ checkpoints (``detcon_jax.checkpoint.Checkpointer``), holding only the encoder a
 ``to-torchvision`` / ``to-detectron2``) reads ``DIR`` as it reads a training workdir; its
 meta signature marks it as an import, so ``train.py`` refuses to resume from it.
 
-Bad paths and keys give one ``error: ...`` line on stderr and exit status 2.
+Every ``--input`` and ``--output`` may be a URI (``gs://bucket/...``); a bucket that cannot
+be reached is reported before anything is read or written. Bad paths and keys give one
+``error: ...`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 import numpy as np
 
-from detcon_jax import export
+from detcon_jax import export, paths
 
 __all__ = ["haiku_to_orbax", "load_encoder", "main", "to_detectron2", "to_torchvision"]
 
@@ -51,10 +52,12 @@ def load_encoder(source: str, *, depth: int | None = None, step: int | None = No
     ``source``: a training workdir, checkpoint directory, ``haiku-to-orbax`` output, or a Haiku
     ``.npy`` (see the module docstring).
     """
-    if not source.startswith('random:') and not os.path.exists(source):
-        raise UsageError(f'--input={source}: no such file or directory')
-    if os.path.isfile(source) and not source.endswith('.npy'):
-        raise UsageError(f'--input={source}: a file input must be a Haiku .npy checkpoint '
+    if not source.startswith('random:'):
+        location = paths.check_reachable(source, what='--input')
+        if not location.exists():
+            raise UsageError(f'--input={source}: no such file or directory')
+        if location.is_file() and not source.endswith('.npy'):
+            raise UsageError(f'--input={source}: a file input must be a Haiku .npy checkpoint '
                          f'(directories are read as orbax checkpoints)')
     import jax  # after the path checks: a typo should not wait for JAX to start
 
@@ -78,30 +81,30 @@ def haiku_to_orbax(source: str, output: str, *, depth: int | None = None) -> dic
 
     if not source.endswith('.npy'):
         raise UsageError(f'--input={source}: haiku-to-orbax reads a Haiku .npy checkpoint')
-    if os.path.isfile(output):
+    target = paths.check_reachable(output, what='--output', writable=True)
+    if target.is_file():
         raise UsageError(f'--output={output}: is a file; expected a (new) directory')
-    if os.path.isdir(output) and os.listdir(output):
+    if target.is_dir() and any(target.iterdir()):
         raise UsageError(f'--output={output}: directory is not empty; choose a new one')
     variables, info = load_encoder(source, depth=depth)
     state = {'online_params': {'encoder': variables['params']},
              'online_batch_stats': {'encoder': variables['batch_stats']}}
     state = {k: _to_jax(v, jnp) for k, v in state.items()}
     signature = {'imported': 'haiku', 'encoder': info['structure']}
-    ckpt_dir = os.path.join(os.path.abspath(output), 'checkpoints')
+    ckpt_dir = target / 'checkpoints'
     progress(f'writing orbax checkpoint {ckpt_dir}/0')
     writer = checkpoint.Checkpointer(ckpt_dir, every_steps=1, keep=1, signature=signature)
     try:
         writer.save(0, state, data_position=0, force=True)
     finally:
         writer.close()
-    summary = {'source': os.path.abspath(source), 'kind': 'haiku', 'depth': info['depth'],
+    summary = {'source': os.fspath(paths.as_path(source)), 'kind': 'haiku',
+               'depth': info['depth'],
                'width_multiplier': info['structure']['width_multiplier'],
-               'structure': info['structure'], 'checkpoint': os.path.join(ckpt_dir, '0'),
+               'structure': info['structure'], 'checkpoint': os.fspath(ckpt_dir / '0'),
                'layout': "state['online_params']['encoder'], "
                          "state['online_batch_stats']['encoder']"}
-    with open(os.path.join(output, 'encoder.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
-        f.write('\n')
+    paths.write_json(target / 'encoder.json', summary)
     progress(f'done: {output} (read it with --checkpoint={output})')
     return summary
 
@@ -112,18 +115,19 @@ def _to_jax(tree: Any, jnp: Any) -> Any:
     return jnp.asarray(tree)
 
 
-def _parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isfile(parent):
-        raise UsageError(f'--output={path}: parent {parent} is a file')
-    os.makedirs(parent, exist_ok=True)
+def _check_output_file(path: str) -> None:
+    """A file output: reachable when remote, its local parent not a file."""
+    target = paths.check_reachable(path, what='--output', writable=True, is_file=True)
+    if target.is_dir():
+        raise UsageError(f'--output={path}: is a directory; expected a file')
+    if not paths.is_remote(target) and target.parent.is_file():
+        raise UsageError(f'--output={path}: parent {target.parent} is a file')
 
 
 def to_torchvision(source: str, output: str, *, depth: int | None = None,
                    step: int | None = None) -> dict[str, Any]:
     """Writes a torchvision ``state_dict``: ``torch.save`` (needs torch) or ``.npz``."""
-    if os.path.isdir(output):
-        raise UsageError(f'--output={output}: is a directory; expected a .pth/.pt/.npz file')
+    _check_output_file(output)
     use_npz = output.endswith('.npz')
     if not use_npz:
         try:
@@ -134,11 +138,11 @@ def to_torchvision(source: str, output: str, *, depth: int | None = None,
     variables, info = load_encoder(source, depth=depth, step=step)
     state_dict = export.flax_to_torchvision(variables)
     arch = export.torchvision_arch(variables)
-    _parent(output)
-    if use_npz:
-        np.savez(output, **state_dict)
-    else:
-        torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, output)
+    with paths.staged_file(output) as local:
+        if use_npz:
+            np.savez(local, **state_dict)
+        else:
+            torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, local)
     progress(f'wrote {len(state_dict)} tensors to {output}')
     if arch:
         progress(f'loads into torchvision.models.{arch}() after model.fc = torch.nn.Identity() '
@@ -156,10 +160,11 @@ def to_detectron2(source: str, output: str, *, depth: int | None = None,
     if not output.endswith('.pkl'):
         raise UsageError(f'--output={output}: detectron2 reads this layout only from a .pkl '
                          f'file')
+    _check_output_file(output)
     variables, info = load_encoder(source, depth=depth, step=step)
     payload = export.to_detectron2(variables, author=f'detcon_jax ({source})')
-    _parent(output)
-    export.save_detectron2(payload, output)
+    with paths.staged_file(output) as local:
+        export.save_detectron2(payload, local)
     progress(f'wrote {len(payload["model"])} tensors to {output}; set MODEL.WEIGHTS to it and '
              f'see docs/detectron2.md for the config (RGB input, STRIDE_IN_1X1=False)')
     return {**info, 'output': output, 'tensors': len(payload['model'])}
