@@ -2,6 +2,8 @@
 
     python -m detcon_jax.reproduce --camvid=DIR --cifar10=DIR --out=DIR [--budget=small]
 
+``--out`` may be a bucket (``gs://...``); its workdirs are then the trainings' workdirs.
+
 Pretrains, with the same model, data, step budget and optimiser, on the CamVid ``train``
 images (``DIR/train/images``; ``DIR/train/labels`` give the ground-truth masks):
 
@@ -69,8 +71,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
+import hashlib
 import importlib.util
 import json
 import math
@@ -81,9 +85,13 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TextIO
+
+from detcon_jax import paths
+from detcon_jax.config import ConfigError
 
 __all__ = [
     "BUDGETS",
@@ -352,25 +360,42 @@ def _cifar_subset(cifar: str, budget: Budget, out: str) -> tuple[str, dict[str, 
 
 def final_checkpoint(workdir: str, step: int) -> str:
     """Where the checkpoint of ``step`` lives (it exists once that step is complete)."""
-    return os.path.join(workdir, "checkpoints", str(step), "state")
+    return paths.join(workdir, "checkpoints", str(step), "state")
+
+
+def _has_checkpoint(workdir: str, step: int) -> bool:
+    """Whether ``workdir`` (local or a URI) holds a complete checkpoint of ``step``."""
+    from detcon_jax import checkpoint
+
+    return step in checkpoint.complete_steps(paths.join(workdir, "checkpoints"))
+
+
+@contextlib.contextmanager
+def _open_log(path: str) -> Iterator[TextIO]:
+    """``path`` opened for appending; in a bucket, where objects cannot be appended to, a
+    local file uploaded over it when the block ends."""
+    if not paths.is_remote(path):
+        paths.as_path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as log:
+            yield log
+        return
+    with paths.staged_file(path) as local, open(local, "w") as log:
+        yield log
 
 
 def _train(budget: Budget, method: Method, camvid_train: str, workdir: str) -> dict[str, Any]:
     """Runs (or skips, when finished) one pretraining; returns its bookkeeping."""
     command = train_command(budget, method, camvid_train, workdir)
     info: dict[str, Any] = {"command": shlex.join(command), "workdir": workdir}
-    timing_path = os.path.join(workdir, "reproduce_train.json")
-    if os.path.isdir(final_checkpoint(workdir, budget.num_steps)):
+    timing_path = paths.join(workdir, "reproduce_train.json")
+    if _has_checkpoint(workdir, budget.num_steps):
         _log(f"train {method.name}: final checkpoint (step {budget.num_steps}) exists; skipped")
-        if os.path.isfile(timing_path):
-            with open(timing_path) as f:
-                info["train_time_s"] = json.load(f).get("train_time_s")
+        info["train_time_s"] = _read_json(timing_path).get("train_time_s")
         return info
     _log(f"train {method.name}: {shlex.join(command)}")
-    os.makedirs(workdir, exist_ok=True)
-    log_path = os.path.join(workdir, "train.log")
+    log_path = paths.join(workdir, "train.log")
     start = time.perf_counter()
-    with open(log_path, "a") as log:
+    with _open_log(log_path) as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1)
         for line in process.stdout:
@@ -382,11 +407,10 @@ def _train(budget: Budget, method: Method, camvid_train: str, workdir: str) -> d
                 print(f"    {method.name}: {line.strip()}", flush=True)
         code = process.wait()
     elapsed = time.perf_counter() - start
-    if code != 0 or not os.path.isdir(final_checkpoint(workdir, budget.num_steps)):
+    if code != 0 or not _has_checkpoint(workdir, budget.num_steps):
         raise ReproduceError(f"training {method.name} failed (exit status {code}); see "
                              f"{log_path}")
-    with open(timing_path, "w") as f:
-        json.dump({"train_time_s": elapsed}, f)
+    _write_json(timing_path, {"train_time_s": elapsed})
     _log(f"train {method.name}: done in {_duration(elapsed)} (log {log_path})")
     info["train_time_s"] = elapsed
     return info
@@ -396,7 +420,7 @@ def _save_initial_state(budget: Budget, method: Method, camvid_train: str,
                         workdir: str) -> dict[str, Any]:
     """The random-init baseline: the experiment's initial state as a step-0 checkpoint."""
     info: dict[str, Any] = {"workdir": workdir, "command": None, "train_time_s": 0.0}
-    if os.path.isdir(final_checkpoint(workdir, 0)):
+    if _has_checkpoint(workdir, 0):
         _log(f"init {method.name}: step-0 checkpoint exists; skipped")
         return info
     import jax
@@ -411,11 +435,9 @@ def _save_initial_state(budget: Budget, method: Method, camvid_train: str,
     optimizer = step_lib.make_optimizer(config, schedules)
     state = jax.jit(lambda key: step_lib.create_train_state(config, key, optimizer=optimizer))(
         jax.random.PRNGKey(config.seed))
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
     checkpointer = ckpt_lib.Checkpointer(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), every_steps=1, keep=1,
+        paths.join(workdir, "checkpoints"), every_steps=1, keep=1,
         signature=config_lib.model_signature(config))
     try:
         checkpointer.save(0, state, data_position=0, force=True)
@@ -427,18 +449,12 @@ def _save_initial_state(budget: Budget, method: Method, camvid_train: str,
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    location = paths.as_path(path)
+    return json.loads(location.read_text()) if location.is_file() else {}
 
 
 def _write_json(path: str, value: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    paths.write_json(path, value)
 
 
 def _evaluate(budget: Budget, method: Method, workdir: str, step: int, cifar_dir: str,
@@ -446,7 +462,7 @@ def _evaluate(budget: Budget, method: Method, workdir: str, step: int, cifar_dir
     """The three probes of one encoder, each cached in ``WORKDIR/eval.json``."""
     from detcon_jax.evaluate import common, features, knn, linear, segmentation
 
-    cache_path = os.path.join(workdir, "eval.json")
+    cache_path = paths.join(workdir, "eval.json")
     cache = _read_json(cache_path)
     if cache.get("checkpoint_step") != step or cache.get("budget") != budget.name:
         cache = {"checkpoint_step": step, "budget": budget.name, "timings": {}}
@@ -490,7 +506,7 @@ def _evaluate(budget: Budget, method: Method, workdir: str, step: int, cifar_dir
              f"({_duration(cache['timings']['cifar10_s'])} for both CIFAR-10 probes)")
     if "segmentation" in missing:
         start = time.perf_counter()
-        output = os.path.join(workdir, "segmentation.json")
+        output = paths.join(workdir, "segmentation.json")
         argv = ["--mode=probe", f"--checkpoint={workdir}", f"--step={step}", f"--data={camvid}",
                 f"--image_size={budget.seg_image_size}", f"--epochs={budget.seg_epochs}",
                 f"--augment_passes={budget.seg_augment_passes}",
@@ -623,9 +639,8 @@ def _plot(results: Mapping[str, Any], out: str) -> list[str]:
     trained = [m for m in METHODS if m.method is not None]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), squeeze=False)
     for ax, method in zip(axes.ravel(), trained, strict=True):
-        path = os.path.join(results["methods"][method.name]["workdir"], "metrics.jsonl")
-        rows = [r for r in metrics_lib.read_jsonl(path) if r.get("loss") is not None] \
-            if os.path.isfile(path) else []
+        path = paths.join(results["methods"][method.name]["workdir"], "metrics.jsonl")
+        rows = [r for r in metrics_lib.read_jsonl(path) if r.get("loss") is not None]
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], marker=".")
         ax.set_title(method.label)
         ax.set_xlabel("step")
@@ -633,8 +648,9 @@ def _plot(results: Mapping[str, Any], out: str) -> list[str]:
         ax.grid(alpha=0.3)
     fig.suptitle(f"Pretraining loss on CamVid train ({results['budget']} budget)")
     fig.tight_layout()
-    loss_path = os.path.join(out, "loss_curves.png")
-    fig.savefig(loss_path, dpi=100)
+    loss_path = paths.join(out, "loss_curves.png")
+    with paths.staged_file(loss_path) as local:
+        fig.savefig(local, dpi=100)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(PROBES), figsize=(15, 4.5), squeeze=False)
@@ -652,8 +668,9 @@ def _plot(results: Mapping[str, Any], out: str) -> list[str]:
         ax.set_title(f"{PROBE_TITLES[probe]}\n{results['splits'][probe]}", fontsize=9)
     fig.suptitle(f"Probes per method ({results['budget']} budget; dashed: random init)")
     fig.tight_layout()
-    probe_path = os.path.join(out, "probes.png")
-    fig.savefig(probe_path, dpi=100)
+    probe_path = paths.join(out, "probes.png")
+    with paths.staged_file(probe_path) as local:
+        fig.savefig(local, dpi=100)
     plt.close(fig)
     return [loss_path, probe_path]
 
@@ -661,10 +678,8 @@ def _plot(results: Mapping[str, Any], out: str) -> list[str]:
 def _final_loss(workdir: str) -> float | None:
     from detcon_jax import metrics as metrics_lib
 
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
-    rows = [r for r in metrics_lib.read_jsonl(path) if r.get("loss") is not None]
+    rows = [r for r in metrics_lib.read_jsonl(paths.join(workdir, "metrics.jsonl"))
+            if r.get("loss") is not None]
     return float(rows[-1]["loss"]) if rows else None
 
 
@@ -731,9 +746,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     chosen = [m for m in METHODS if m.name in names]
     camvid = os.path.abspath(args.camvid)
     camvid_train = _check_camvid(camvid)
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
-    run_info_path = os.path.join(out, "run_info.json")
+    out_path = paths.check_reachable(args.out, what="--out", writable=True)
+    out = os.fspath(out_path)
+    if not paths.is_remote(out_path):
+        out_path.mkdir(parents=True, exist_ok=True)
+    run_info_path = paths.join(out, "run_info.json")
     previous = _read_json(run_info_path)
     if previous and (previous.get("budget"), previous.get("num_steps", budget.num_steps),
                      previous.get("pretrain_seed", 0)) != (
@@ -746,7 +763,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "pretrain_seed": budget.pretrain_seed,
                                 "camvid": camvid,
                                 "cifar10": os.path.abspath(args.cifar10)})
-    cifar_dir, cifar_counts = _cifar_subset(os.path.abspath(args.cifar10), budget, out)
+    # The CIFAR-10 subset is a folder of symbolic links: local even when --out is a bucket.
+    links = (os.path.join(tempfile.gettempdir(), "detcon_jax_reproduce",
+                          hashlib.sha1(out.encode()).hexdigest()[:12])
+             if paths.is_remote(out) else out)
+    cifar_dir, cifar_counts = _cifar_subset(os.path.abspath(args.cifar10), budget, links)
     seg_split = "test" if os.path.isdir(os.path.join(camvid, "test", "images")) else "val"
     num_pretrain = len([p for p in os.listdir(os.path.join(camvid_train, "images"))
                         if not p.startswith(".")])
@@ -761,14 +782,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainable = [m for m in chosen if m.method is not None]
         _log(f"pretraining {len(trainable)} methods, {args.jobs} at a time")
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(_train, budget, m, camvid_train, os.path.join(out, m.name))
+            futures = [pool.submit(_train, budget, m, camvid_train, paths.join(out, m.name))
                        for m in trainable]
             for future in futures:
                 future.result()
     rows: dict[str, dict[str, Any]] = {}
     for method in chosen:
         stage_start = time.perf_counter()
-        workdir = os.path.join(out, method.name)
+        workdir = paths.join(out, method.name)
         if method.method is None:
             info = _save_initial_state(budget, method, camvid_train, workdir)
             step = 0
@@ -823,10 +844,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for row in rows.values())
     if len(chosen) == len(METHODS):
         results["plots"] = _plot(results, out)
-        with open(os.path.join(out, "results.md"), "w") as f:
-            f.write(render_markdown(results))
-    _write_json(os.path.join(out, "results.json"), results)
-    _log(f"done in {_duration(results['wall_time_s'])}: {os.path.join(out, 'results.json')}")
+        paths.write_text(paths.join(out, "results.md"), render_markdown(results))
+    _write_json(paths.join(out, "results.json"), results)
+    _log(f"done in {_duration(results['wall_time_s'])}: {paths.join(out, 'results.json')}")
     return results
 
 
@@ -835,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         run(args)
-    except (ReproduceError, FileNotFoundError) as err:
+    except (ReproduceError, FileNotFoundError, ConfigError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         return 2
     return 0
