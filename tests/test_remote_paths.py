@@ -342,7 +342,7 @@ def test_a_missing_bucket_is_one_line_and_exit_2(gcs, tmp_path, data_dir, cifar_
     for name, value in names.items():
         args = [a.replace(name, value) for a in args]
     line = _error_line(_cli(module, *args, cwd=tmp_path))
-    assert "gs://no-such-bucket" in line and "does not exist" in line, line
+    assert "bucket gs://no-such-bucket does not exist" in line, line
     assert os.listdir(tmp_path) == []
     assert not gcs.bucket_exists("no-such-bucket")  # not created by a makedirs either
 
