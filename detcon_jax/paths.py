@@ -126,42 +126,58 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
+def _not_found(err: BaseException) -> bool:
+    # gcsfs raises FileNotFoundError for a missing bucket; tf.io.gfile its NotFoundError.
+    return isinstance(err, FileNotFoundError) or type(err).__name__ == "NotFoundError"
+
+
 def check_reachable(path: str | os.PathLike, *, what: str = "", writable: bool = False,
                     is_file: bool = False) -> epath.Path:
     """Returns `as_path(path)` after making sure a remote path can be used.
 
-    For a URI: its bucket must exist and answer with the credentials at hand, and with
-    ``writable`` an object can be created and deleted under ``path`` (or beside it, for an
-    ``is_file`` output): a probe named ``.detcon_jax_probe-*``, removed again. Local paths
-    are returned unchecked (writing them reports its own errors). ``what`` names the flag
-    in the message, e.g. ``'--workdir'``.
+    For a URI, with ``writable``: an object can be created and deleted under ``path`` (or
+    beside it, for an ``is_file`` output), a probe named ``.detcon_jax_probe-*``. Without:
+    ``path`` can be looked up (whether it exists is the caller's business). The bucket's
+    own metadata is asked only to explain a failure, so credentials limited to objects
+    suffice. Local paths are returned unchecked (using them reports its own errors).
+    ``what`` names the flag in the message, e.g. ``'--workdir'``.
 
     Raises:
-      UnreachablePathError: one line naming ``path`` and the reason.
+      UnreachablePathError: one line naming ``path`` and the reason: no such bucket (or
+        one these credentials cannot see), or the backend's error (no endpoint, denied).
     """
     resolved = as_path(path)
     if not is_remote(resolved):
         return resolved
     name = f"{what}={os.fspath(path)}" if what else os.fspath(path)
-    root = _bucket_root(resolved)
+    folder = resolved.parent if is_file else resolved
+    failure = None
     with _quiet_backends():
         try:
-            exists = root.exists()
-        except Exception as err:  # backends raise their own (aiohttp, google.auth, tf.errors)
-            raise UnreachablePathError(
-                f"{name}: cannot reach bucket {root} ({_reason(err)})") from None
-        if not exists:
-            raise UnreachablePathError(
-                f"{name}: bucket {root} does not exist or these credentials cannot see it")
-        if writable:
-            folder = resolved.parent if is_file else resolved
-            probe = folder / f".detcon_jax_probe-{uuid.uuid4().hex}"
-            try:
+            if writable:
+                probe = folder / f".detcon_jax_probe-{uuid.uuid4().hex}"
                 probe.write_text("")
                 probe.unlink()
-            except Exception as err:  # as above
+                return resolved
+            if resolved.exists():
+                return resolved
+        except Exception as err:  # backends raise their own (aiohttp, google.auth, tf.errors)
+            if not _not_found(err):
+                action = "write to" if writable else "read"
                 raise UnreachablePathError(
-                    f"{name}: cannot write under {folder} ({_reason(err)})") from None
+                    f"{name}: cannot {action} {folder} ({_reason(err)})") from None
+            failure = err
+        # A missing object or a missing bucket: tell them apart.
+        root = _bucket_root(resolved)
+        try:
+            bucket_exists = root.exists()
+        except Exception:  # as above; e.g. no permission on the bucket's metadata
+            bucket_exists = True
+    if not bucket_exists:
+        raise UnreachablePathError(
+            f"{name}: bucket {root} does not exist or these credentials cannot see it")
+    if failure is not None:
+        raise UnreachablePathError(f"{name}: cannot write to {folder} ({_reason(failure)})")
     return resolved
 
 
