@@ -24,6 +24,7 @@ import optax
 from flax import traverse_util
 
 from detcon_jax import model as model_lib
+from detcon_jax import paths
 from detcon_jax import step as step_lib
 
 _SEP = '/~/'
@@ -232,7 +233,9 @@ def load_haiku_resnet(path: str | os.PathLike, *, depth: int | None = None,
     """
     where = os.fspath(path)
     try:
-        raw = np.load(where, allow_pickle=True)
+        # Through epath, so that the file may be a URI (gs://...); np.load reads file objects.
+        with paths.as_path(where).open('rb') as f:
+            raw = np.load(f, allow_pickle=True)
     except (OSError, ValueError) as err:
         raise ValueError(f'{where}: cannot read Haiku checkpoint ({err})') from err
     tree = raw.item() if isinstance(raw, np.ndarray) and raw.dtype == object else raw

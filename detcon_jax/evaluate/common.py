@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from detcon_jax import paths
 from detcon_jax.evaluate.features import Backbone, extract, load_backbone, progress
 
 __all__ = [
@@ -35,16 +36,17 @@ class UsageError(ValueError):
 
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint``, ``--depth``, ``--step``, ``--seed``, ``--output``."""
+    """``--checkpoint``, ``--depth``, ``--step``, ``--seed``, ``--output`` (paths may be URIs)."""
     parser.add_argument('--checkpoint', required=True,
-                        help='training workdir / orbax checkpoint dir, Haiku .npy file, or '
-                             'random:DEPTH (random:DEPTHxWIDTH, random:tiny)')
+                        help='training workdir / orbax checkpoint dir, Haiku .npy file (local '
+                             'or gs://...), or random:DEPTH (random:DEPTHxWIDTH, random:tiny)')
     parser.add_argument('--depth', type=int, default=None,
                         help='ResNet depth of a Haiku checkpoint (default: inferred)')
     parser.add_argument('--step', type=int, default=None,
                         help='checkpoint step of a workdir (default: newest)')
     parser.add_argument('--seed', type=int, default=0, help='seed for inits and sampling')
-    parser.add_argument('--output', default=None, help='write the results as JSON here')
+    parser.add_argument('--output', default=None,
+                        help='write the results as JSON here (local or gs://...)')
 
 
 def add_classification_data_args(parser: argparse.ArgumentParser) -> None:
@@ -161,12 +163,8 @@ class ClassificationData:
 
 
 def write_json(path: str, results: dict[str, Any]) -> None:
-    """Writes ``results`` as indented JSON (creating the parent folder)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(results, f, indent=2, default=str)
-        f.write('\n')
+    """Writes ``results`` as indented JSON to a local path or a URI (whole or not at all)."""
+    paths.write_json(path, results)
 
 
 def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], dict],
@@ -177,6 +175,8 @@ def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
     """
     args = parser.parse_args(argv)
     try:
+        if args.output:  # before the work, not after it
+            paths.check_reachable(args.output, what='--output', writable=True, is_file=True)
         results = run(args)
     except (UsageError, FileNotFoundError, NotADirectoryError) as err:
         print(f'error: {err}', file=sys.stderr, flush=True)

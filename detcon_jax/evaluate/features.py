@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 import sys
 import time
@@ -30,8 +29,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from detcon_jax import model as model_lib
+from detcon_jax import paths
 
 __all__ = [
     "Backbone",
@@ -169,29 +170,37 @@ def _random_backbone(spec: str, seed: int) -> tuple[model_lib.ResNet, Variables]
     return module, variables
 
 
-def _step_dirs(directory: str) -> list[int]:
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(directory, n, 'state')))
+def _resolve_state_dir(path: str, step: int | None) -> tuple[epath.Path, int | None]:
+    """``path`` (workdir, checkpoints dir, step dir or state dir) -> (state item dir, step).
 
+    Only complete checkpoints count (`checkpoint.complete_steps`): an interrupted save, e.g.
+    a step in a bucket without its commit file, is never read.
+    """
+    from detcon_jax import checkpoint
 
-def _resolve_state_dir(path: str, step: int | None) -> tuple[str, int | None]:
-    """``path`` (workdir, checkpoints dir, step dir or state dir) -> (state item dir, step)."""
-    path = os.path.abspath(path)
-    if os.path.basename(path) == 'state' and os.path.isdir(path):
-        return path, None
-    if os.path.isdir(os.path.join(path, 'state')):
-        name = os.path.basename(path)
-        return os.path.join(path, 'state'), int(name) if name.isdigit() else None
-    for directory in (path, os.path.join(path, 'checkpoints')):
-        if os.path.isdir(directory):
-            steps = _step_dirs(directory)
-            if steps:
-                chosen = steps[-1] if step is None else step
-                if chosen not in steps:
-                    raise FileNotFoundError(f'{directory}: no checkpoint for step {step} '
-                                            f'(have {steps})')
-                return os.path.join(directory, str(chosen), 'state'), chosen
-    raise FileNotFoundError(f'{path}: no complete orbax checkpoint found (expected a workdir '
+    root = paths.as_path(path)
+    step_dir = None
+    if root.name == 'state' and root.is_dir():
+        step_dir = root.parent
+    elif (root / 'state').is_dir():
+        step_dir = root
+    if step_dir is not None:
+        if not step_dir.name.isdigit():
+            return step_dir / 'state', None
+        if int(step_dir.name) not in checkpoint.complete_steps(step_dir.parent):
+            raise FileNotFoundError(f'{step_dir}: not a complete checkpoint (an interrupted '
+                                    f'save?); give its directory to read the newest complete '
+                                    f'one')
+        return step_dir / 'state', int(step_dir.name)
+    for directory in (root, root / 'checkpoints'):
+        steps = checkpoint.complete_steps(directory)
+        if steps:
+            chosen = steps[-1] if step is None else step
+            if chosen not in steps:
+                raise FileNotFoundError(f'{directory}: no checkpoint for step {step} '
+                                        f'(have {steps})')
+            return directory / str(chosen) / 'state', chosen
+    raise FileNotFoundError(f'{root}: no complete orbax checkpoint found (expected a workdir '
                             f'with checkpoints/STEP/state)')
 
 
@@ -241,22 +250,24 @@ def load_backbone(source: str, *, depth: int | None = None, step: int | None = N
       ``feature_dim``, ``structure`` and, for checkpoints, ``step``.
 
     Raises:
-      FileNotFoundError: the path does not exist or holds no checkpoint.
+      FileNotFoundError: the path does not exist or holds no complete checkpoint.
+      paths.UnreachablePathError: a remote path whose bucket cannot be reached.
       ValueError: the checkpoint does not hold a ResNet encoder of a known structure.
     """
     info: dict[str, Any] = {'source': source}
-    if source.startswith('random:'):
+    location = None if source.startswith('random:') else paths.check_reachable(source)
+    if location is None:
         module, variables = _random_backbone(source, seed)
         info['kind'] = 'random'
     elif source.endswith('.npy'):
-        if not os.path.isfile(source):
+        if not location.is_file():
             raise FileNotFoundError(f'{source}: Haiku checkpoint file does not exist')
         from detcon_jax import interop
 
         module, variables = interop.load_haiku_resnet(source, depth=depth)
         info['kind'] = 'haiku'
     else:
-        if not os.path.exists(source):
+        if not location.exists():
             raise FileNotFoundError(f'{source}: checkpoint path does not exist')
         variables, extra = _restore_encoder(source, step)
         info.update(extra)
