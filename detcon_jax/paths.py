@@ -37,6 +37,7 @@ __all__ = [
     "as_path",
     "check_reachable",
     "is_remote",
+    "join",
     "is_url",
     "staged_file",
     "tensorboard_dir",
@@ -79,6 +80,11 @@ def as_path(path: str | os.PathLike) -> epath.Path:
             f"{text}: unsupported URI scheme {scheme}:// (use a local path or one of "
             f"{', '.join(s + '://' for s in EPATH_SCHEMES)})")
     return epath.Path(text)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """`as_path(base)` joined with ``parts``, as a string (a URI stays a URI)."""
+    return os.fspath(as_path(base).joinpath(*parts))
 
 
 def is_remote(path: str | os.PathLike) -> bool:

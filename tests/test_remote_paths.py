@@ -332,10 +332,15 @@ def _error_line(run: subprocess.CompletedProcess) -> str:
     ("detcon_jax.evaluate.knn", ["--checkpoint=random:tiny", "--data=DATA",
                                  "--output=URI/knn.json"]),
     ("detcon_jax.fh_masks", ["--input=DATA", "--output=URI"]),
+    ("detcon_jax.reproduce", ["--camvid=CAMVID", "--cifar10=CIFAR", "--out=URI"]),
 ])
-def test_a_missing_bucket_is_one_line_and_exit_2(gcs, tmp_path, cifar_subset, module, args):
+def test_a_missing_bucket_is_one_line_and_exit_2(gcs, tmp_path, data_dir, cifar_subset, module,
+                                                 args):
     uri = "gs://no-such-bucket/run"
-    args = [a.replace("URI", uri).replace("DATA", str(cifar_subset / "train")) for a in args]
+    names = {"URI": uri, "DATA": str(cifar_subset / "train"), "CIFAR": str(cifar_subset),
+             "CAMVID": str(data_dir / "camvid")}
+    for name, value in names.items():
+        args = [a.replace(name, value) for a in args]
     line = _error_line(_cli(module, *args, cwd=tmp_path))
     assert "gs://no-such-bucket" in line and "does not exist" in line, line
     assert os.listdir(tmp_path) == []
