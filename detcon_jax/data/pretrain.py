@@ -65,6 +65,17 @@ def source_dataset(
                           shuffle_files=shuffle_files, seed=seed, stats=stats, mask_fn=mask_fn)
 
 
+def make_reader(data: Any, masks: Any, *, seed: int, stats: PipelineStats,
+                process_index: int = 0, process_count: int = 1,
+                shuffle_files: bool = True) -> sources.base.Reader:
+    """The configured source's records per epoch and its example stages (see `source_dataset`
+    for the arguments)."""
+    source_class, mask_fn = _source_and_mask_fn(data, masks)
+    return source_class.from_config(data, masks).reader(
+        sources.Shard(process_index, process_count), shuffle_files=shuffle_files, seed=seed,
+        stats=stats, mask_fn=mask_fn)
+
+
 def num_examples(data: Any) -> int:
     """Examples in the split ``config.data`` describes (all hosts together), for deriving steps.
 
@@ -173,12 +184,10 @@ def make_pretrain_dataset(
     if skip_batches < 0:
         raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
     image_size, deterministic = data.image_size, data.deterministic
-    source_class, mask_fn = _source_and_mask_fn(data, masks)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
-    reader = source_class.from_config(data, masks).reader(
-        sources.Shard(process_index, process_count), shuffle_files=shuffle, seed=seed,
-        stats=stats, mask_fn=mask_fn)
+    reader = make_reader(data, masks, seed=seed, stats=stats, process_index=process_index,
+                         process_count=process_count, shuffle_files=shuffle)
     ds = _element_order(reader, cache=data.cache, repeat=repeat, shuffle=shuffle,
                         shuffle_buffer=data.shuffle_buffer or 10 * batch_size, seed=seed,
                         skip=skip_batches * batch_size)
