@@ -323,9 +323,17 @@ def train(config: Any, workdir: str, *,
                  jax.device_count(), jax.process_count())
     peer_lost = False
     try:
+        batch = None
+        if start < total_steps:
+            batch = sharding.global_batch(_next_batch(batches), mesh)
         for step in range(start + 1, total_steps + 1):
-            state, step_metrics = train_step(state, sharding.global_batch(
-                _next_batch(batches), mesh))
+            state, step_metrics = train_step(state, batch)
+            # One-deep prefetch: the step was dispatched asynchronously, so the next batch's
+            # host pipeline read and host-to-device copy run while it computes. A batch
+            # fetched here but not trained on before a stop is not counted in the checkpoint's
+            # data position (that counts steps), so a resume reads it again.
+            if step < total_steps:
+                batch = sharding.global_batch(_next_batch(batches), mesh)
             window.add(step, step_metrics)
 
             stopping = stop.should_stop(step)
