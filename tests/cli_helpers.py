@@ -207,3 +207,29 @@ def image_bytes(array, fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def write_fh_records(path: pathlib.Path, num: int, label: int, *, settings: int = 1) -> None:
+    """Official-layout ImageNet-FH records ``img{i}.png``: PNG images, a 1-based label and
+    ``settings`` Felzenszwalb settings (0: no ``image/felzenszwalb_segmentations``)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rs = np.random.RandomState(0)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i in range(num):
+            image = rs.randint(0, 256, (48, 40, 3)).astype(np.uint8)
+            fh = (np.arange(settings * 48 * 40).reshape(settings, 48, 40) // 480).astype(np.uint8)
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[tf.io.encode_png(image).numpy()])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[label])),
+                "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[f"img{i}.png".encode()])),
+            }
+            if settings:
+                feature["image/felzenszwalb_segmentations"] = tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[fh.tobytes()]))
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())

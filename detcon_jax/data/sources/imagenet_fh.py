@@ -48,11 +48,17 @@ def _fh_stack_to_mask(ex: dict[str, tf.Tensor], fh_index: int) -> base.Example:
         shape = decode.image_shape(image)
         plane = shape[0] * shape[1]
         size = tf.shape(fh)[0]
-        check = tf.debugging.Assert(
-            tf.logical_and(size % plane == 0, size // plane > fh_index),
+        fits = tf.debugging.Assert(
+            size % plane == 0,
             ["Felzenszwalb mask size differs from its image in record", name, "mask bytes",
              size, "image", shape])
-        with tf.control_dependencies([check]):
+        with tf.control_dependencies([fits]):
+            # A separate check, so that the message says which of the two is wrong.
+            has_setting = tf.debugging.Assert(
+                size // plane > fh_index,
+                [f"no Felzenszwalb setting {fh_index} (masks.fh_index) in record", name,
+                 "settings stored", size // plane])
+        with tf.control_dependencies([has_setting]):
             stack = tf.reshape(fh, tf.concat([[size // plane], shape], 0))
         return stack[fh_index][..., None]
 
