@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     "dm-haiku==0.0.17",
     "chex==0.1.92",
     "orbax-checkpoint==0.12.8",
+    # The path layer of every user path (local or gs://); orbax's own.
+    "etils[epath]==1.15.0",
     "tensorflow-cpu==2.21.0",
     "tensorboard==2.21.0",
     "tensorflow-datasets==4.9.10",
