@@ -153,19 +153,19 @@ def official_state_to_orbax(source: str, config_path: str, workdir: str, *,
     if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         raise UsageError(f"--workdir={workdir}: already holds checkpoints; choose a new one")
     config = _load_config(config_path)
-    progress(f'reading {source}')
+    progress(f"reading {source}")
     state = interop.load_haiku_train_state(source, config, step=step)
     signature = config_lib.model_signature(config)
-    progress(f'writing orbax checkpoint {ckpt_dir}/{step}')
+    progress(f"writing orbax checkpoint {ckpt_dir}/{step}")
     writer = checkpoint.Checkpointer(ckpt_dir, keep=1, signature=signature)
     try:
         writer.save(step, state, data_position=step)
     finally:
         writer.close()
-    progress(f'done: resume with python -m detcon_jax.train --config={config_path} '
-             f'--workdir={workdir}')
-    return {'source': source, 'checkpoint': os.fspath(ckpt_dir / str(step)), 'step': step,
-            'signature': signature}
+    progress(f"done: resume with python -m detcon_jax.train --config={config_path} "
+             f"--workdir={workdir}")
+    return {"source": source, "checkpoint": os.fspath(ckpt_dir / str(step)), "step": step,
+            "signature": signature}
 
 
 def _to_jax(tree: Any, jnp: Any) -> Any:
