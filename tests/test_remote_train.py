@@ -18,6 +18,7 @@ import uuid
 import pytest
 from cli_helpers import REPO, SMOKE, assert_same_state, load_state, run_cli, subprocess_env
 from etils import epath
+from gcs_emulator import reset_path_caches
 
 from detcon_jax import checkpoint
 
@@ -68,6 +69,7 @@ def test_a_bucket_workdir_stopped_and_resumed_equals_a_local_run(gcs, tmp_path):
          *flags], cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
         timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reset_path_caches()  # gcsfs caches listings: this process listed the bucket before
     assert f"at step {EVERY}" in resumed.stderr, resumed.stderr[-3000:]
 
     assert checkpoint.complete_steps(f"{workdir}/checkpoints") == [EVERY, STEPS]

@@ -61,9 +61,9 @@ def source_dataset(
       dropped and counted in ``stats``.
     """
     source_class, mask_fn = _source_and_mask_fn(data, masks)
-    shard = sources.Shard(process_index, process_count)
-    return source_class.from_config(data, masks).dataset(
-        shard, shuffle_files=shuffle_files, seed=seed, stats=stats, mask_fn=mask_fn)
+    source = source_class.from_config(data, masks)
+    return source.dataset(sources.Shard(process_index, process_count),
+                          shuffle_files=shuffle_files, seed=seed, stats=stats, mask_fn=mask_fn)
 
 
 def make_reader(data: Any, masks: Any, *, seed: int, stats: PipelineStats,
