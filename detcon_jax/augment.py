@@ -5,8 +5,18 @@ Semantics and random-key structure follow the official DetCon ``utils/augmentati
 saturation, hue in random order) with probability ``color_jitter_prob``, grayscale with
 probability ``to_grayscale_prob``, Gaussian blur and solarisation, then a clip to [0, 1].
 Each image gets its own key (``jax.random.split(op_key, batch)``), and every per-image op is
-``vmap``-ed, so there is no Python loop over the batch. With the same key this module draws
-the same random numbers as the official code.
+``vmap``-ed, so there is no Python loop over the batch.
+
+With the same key ``augment_views`` draws the same random numbers as the official
+``postprocess``: the same key tree (``split(key, 2)`` per view, ``split(view_key, 4)`` for
+flip/colour/blur/solarise, one key per image, ``split(transform_key, 1)[0]`` for the blur's
+sigma), the same uniforms and decisions, hence the same images (checked against the
+official outputs in ``tests/test_golden_aux.py``). The bits JAX derives from a key depend on
+``jax_threefry_partitionable`` (default True since JAX 0.5; the official code was written when
+only the False behaviour existed): the match holds under either setting when both sides use
+the same one (``JAX_THREEFRY_PARTITIONABLE=false`` reproduces the 2021 draws). The train step
+derives its per-step keys differently from the official ``loss_fn`` (see the README's
+deviations), so only this function's draws, not a whole run's, correspond key for key.
 """
 
 from __future__ import annotations

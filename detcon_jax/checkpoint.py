@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the training state: periodic saves, keep-K, automatic resume.
+"""Orbax checkpoints of the training state: saves, keep-K, automatic resume.
 
 A checkpoint step directory holds two items: ``state`` (the whole ``TrainState`` pytree,
 restored into an abstract target so optax states keep their structure and arrays come back
@@ -44,10 +44,9 @@ def abstract_like(tree: Any) -> Any:
         tree)
 
 
-def _manager(directory: epath.Path, *, every_steps: int = 1, keep: int | None = None,
+def _manager(directory: epath.Path, *, keep: int | None = None,
              read_only: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps,
         max_to_keep=keep,
         create=not read_only,
         read_only=read_only,
@@ -101,13 +100,16 @@ def check_workdir_compatible(directory: str | os.PathLike, signature: dict[str, 
 
 
 class Checkpointer:
-    """Saves every ``every_steps`` steps (and on demand), keeps the newest ``keep``."""
+    """Saves the steps its caller asks for and keeps the newest ``keep``.
 
-    def __init__(self, directory: str | os.PathLike, *, every_steps: int, keep: int,
-                 signature: dict[str, Any]):
+    The caller owns the cadence (the trainer saves on ``checkpoint.every_steps``, at the last
+    step and on preemption); this class never decides to skip a save.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int, signature: dict[str, Any]):
         self.directory = paths.as_path(directory)
         self.signature = signature
-        self._manager = _manager(self.directory, every_steps=every_steps, keep=keep)
+        self._manager = _manager(self.directory, keep=keep)
 
     def latest_step(self) -> int | None:
         """Newest complete checkpoint step (temporary, unfinished saves are ignored)."""
@@ -133,18 +135,20 @@ class Checkpointer:
                 f"({meta.get('signature')}), not this config ({self.signature})")
         return restored[_STATE], meta
 
-    def save(self, step: int, state: Any, *, data_position: int, force: bool = False) -> bool:
-        """Saves when ``step`` is on the cadence (or ``force``); returns whether it saved.
+    def save(self, step: int, state: Any, *, data_position: int) -> None:
+        """Saves ``state`` as checkpoint ``step`` with the data position reached.
 
         Returns once the arrays are copied off the devices; the files are written in the
         background (see `wait`). ``state`` may be donated to the next step right away.
         """
         meta = {"signature": self.signature, "step": int(step),
                 "data_position": int(data_position)}
-        return self._manager.save(step, args=ocp.args.Composite(**{
+        # force: orbax's own save policy would skip a step while an earlier save is still
+        # being written, making the saved steps depend on I/O speed.
+        self._manager.save(step, args=ocp.args.Composite(**{
             _STATE: ocp.args.StandardSave(state),
             _META: ocp.args.JsonSave(meta),
-        }), force=force)
+        }), force=True)
 
     def wait(self) -> None:
         """Blocks until every background save is complete on disk."""

@@ -1,35 +1,10 @@
-"""Validation of experiment configs: the schema every ``experiments/*.py`` follows.
+"""Validation of experiment configs: ranges and cross-field checks, before anything is written.
 
-A config is checked before anything is written: unknown or missing keys, wrong types,
-impossible values and inconsistent combinations raise `ConfigError` with one line that
-names the offending key; ``train.py`` turns that into exit code 2.
-
-Schema (``get_config()`` of an experiment file returns a ``ConfigDict`` with exactly these
-keys; ``None`` is allowed only where marked optional):
-
-- ``method``: ``'detcon_b' | 'detcon_s' | 'byol' | 'simclr'``; ``seed``: int.
-- ``model``: ``depth`` (18, 34, 50, 101, 152, 200), ``width_multiplier``, ``mlp_hidden_size``,
-  ``projection_size``, ``bn_decay``, ``bn_epsilon``, ``dtype`` (``'float32' | 'bfloat16'``),
-  ``num_classes`` (online linear classifier on stop-gradient features; 0 = none),
-  ``blocks_per_group``, ``channels_per_group`` (optional 4-tuples overriding the preset of
-  ``depth``, e.g. the official TinyResNet ``(1, 1, 1, 1)``, ``(8, 8, 8, 8)``).
-- ``masks``: ``source`` (``'fh' | 'gt' | 'grid' | 'none'``), ``num_samples`` (mask ids per
-  view), ``max_mask_id`` (<= 256: ids are uint8), ``grid_size``, ``fh_index``.
-- ``loss``: ``temperature``.
-- ``optim``: ``base_learning_rate`` (scaled by batch/256), ``weight_decay``, ``momentum``,
-  ``trust_coefficient``, ``base_ema``, ``warmup_epochs`` (optional; default
-  ``num_epochs // 100`` as the official code).
-- ``data``: ``source`` (see ``input_pipeline.SOURCES``), ``path`` (data directory; '' for
-  none), ``split``, ``tfds_name`` ('' unless ``source='tfds'``), ``image_size`` (multiple of
-  32), ``num_examples`` (optional override of the data-set size used to derive steps),
-  ``synthetic_num_images`` (size of the ``synthetic`` source), ``shuffle_buffer`` (optional;
-  ``None`` = the official 10 x the per-host batch), ``cache``,
-  ``deterministic`` (fixed element order: exact resume and reproducible runs), ``fh_scale``,
-  ``fh_min_size`` (Felzenszwalb masks computed on the fly).
-- ``augment``: ``view1``, ``view2`` (optional dicts; ``None`` = the official settings).
-- ``batch_size`` (GLOBAL, over all hosts), ``num_epochs``, ``num_steps`` (optional override
-  of the derived total), ``mesh`` (axis name -> size, -1 = the remaining devices),
-  ``checkpoint`` (``every_steps``, ``keep``), ``log_every_steps``.
+The keys and their types are fixed by the locked base config (``detcon_jax/configs/base.py``,
+which lists them): an unknown key or a value of another type fails where it is set. What a
+type cannot say is checked here: impossible values and inconsistent combinations raise
+`ConfigError` with one line that names the offending key; ``train.py`` turns that into exit
+code 2.
 """
 
 from __future__ import annotations
@@ -42,7 +17,9 @@ from typing import Any
 
 __all__ = [
     "ConfigError",
+    "MESH_AXES",
     "METHODS",
+    "check_schedule",
     "data_path_error",
     "is_url",
     "MASK_SOURCES",
@@ -60,76 +37,13 @@ DTYPES = ("float32", "bfloat16")
 # Sources that cannot work without a data directory.
 SOURCES_NEEDING_PATH = ("imagenet_fh", "folder")
 DATA_SOURCES = ("imagenet_fh", "tfds", "folder", "skimage", "synthetic")
+NEGATIVES = ("global", "group")
+# The mesh axes the train step uses (``sharding.DATA_AXIS``: the batch dimension).
+MESH_AXES = ("data",)
 
 
 class ConfigError(ValueError):
     """A config or flag is invalid; the message is one line naming the key or path."""
-
-
-class _Optional:
-    """Marks a schema entry whose value may be ``None``."""
-
-    def __init__(self, kind: Any):
-        self.kind = kind
-
-
-class _AxisSizes:
-    """Marks a mapping from free-form names to ints (the mesh)."""
-
-
-_SCHEMA: dict[str, Any] = {
-    "method": str,
-    "seed": int,
-    "model": {
-        "depth": int,
-        "width_multiplier": int,
-        "mlp_hidden_size": int,
-        "projection_size": int,
-        "bn_decay": float,
-        "bn_epsilon": float,
-        "dtype": str,
-        "num_classes": int,
-        "blocks_per_group": _Optional(tuple),
-        "channels_per_group": _Optional(tuple),
-    },
-    "masks": {
-        "source": str,
-        "num_samples": int,
-        "max_mask_id": int,
-        "grid_size": int,
-        "fh_index": int,
-    },
-    "loss": {"temperature": float},
-    "optim": {
-        "base_learning_rate": float,
-        "weight_decay": float,
-        "momentum": float,
-        "trust_coefficient": float,
-        "base_ema": float,
-        "warmup_epochs": _Optional(int),
-    },
-    "data": {
-        "source": str,
-        "path": str,
-        "split": str,
-        "tfds_name": str,
-        "image_size": int,
-        "num_examples": _Optional(int),
-        "synthetic_num_images": int,
-        "shuffle_buffer": _Optional(int),
-        "cache": bool,
-        "deterministic": bool,
-        "fh_scale": float,
-        "fh_min_size": int,
-    },
-    "augment": {"view1": _Optional(dict), "view2": _Optional(dict)},
-    "batch_size": int,
-    "num_epochs": int,
-    "num_steps": _Optional(int),
-    "mesh": _AxisSizes(),
-    "checkpoint": {"every_steps": int, "keep": int},
-    "log_every_steps": int,
-}
 
 
 def _as_dict(value: Any) -> Mapping[str, Any] | None:
@@ -141,47 +55,8 @@ def _as_dict(value: Any) -> Mapping[str, Any] | None:
     return None
 
 
-def _type_ok(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is dict:
-        return _as_dict(value) is not None
-    return isinstance(value, kind)
-
-
-def _check_schema(config: Any, schema: Mapping[str, Any], prefix: str) -> None:
-    fields = _as_dict(config)
-    if fields is None:
-        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}' must be a dict")
-    for key in fields:
-        if key not in schema:
-            raise ConfigError(f"unknown config key '{prefix}{key}'")
-    for key, kind in schema.items():
-        name = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(f"missing config key '{name}'")
-        value = fields[key]
-        if isinstance(kind, dict):
-            _check_schema(value, kind, name + ".")
-        elif isinstance(kind, _AxisSizes):
-            sizes = _as_dict(value)
-            if sizes is None or not sizes:
-                raise ConfigError(f"config key '{name}' must be a non-empty dict axis -> size")
-            for axis, size in sizes.items():
-                if not _type_ok(size, int) or (size < 1 and size != -1):
-                    raise ConfigError(
-                        f"config key '{name}.{axis}' must be a positive int or -1, got {size!r}")
-        elif isinstance(kind, _Optional):
-            if value is not None and not _type_ok(value, kind.kind):
-                raise ConfigError(
-                    f"config key '{name}' must be {kind.kind.__name__} or None, "
-                    f"got {type(value).__name__} {value!r}")
-        elif not _type_ok(value, kind):
-            raise ConfigError(
-                f"config key '{name}' must be {kind.__name__}, "
-                f"got {type(value).__name__} {value!r}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -195,7 +70,6 @@ def validate(config: Any) -> None:
     Includes existence of a local data directory; remote (``scheme://``) paths are checked by
     the train CLI with ``tf.io.gfile`` before anything is written.
     """
-    _check_schema(config, _SCHEMA, "")
     _require(config.method in METHODS, "method", f"must be one of {METHODS}, got {config.method!r}")
     m = config.model
     _require(m.depth in DEPTHS, "model.depth", f"must be one of {DEPTHS}, got {m.depth}")
@@ -208,7 +82,7 @@ def validate(config: Any) -> None:
     for key in ("blocks_per_group", "channels_per_group"):
         value = m[key]
         if value is not None:
-            _require(len(value) == 4 and all(_type_ok(v, int) and v >= 1 for v in value),
+            _require(len(value) == 4 and all(_is_int(v) and v >= 1 for v in value),
                      f"model.{key}", f"must be 4 positive ints or None, got {value!r}")
 
     k = config.masks
@@ -229,7 +103,6 @@ def validate(config: Any) -> None:
                  f"gives {k.grid_size**2} cells, more than masks.max_mask_id={k.max_mask_id}")
     _require(k.fh_index >= 0, "masks.fh_index", f"must be >= 0, got {k.fh_index}")
 
-    _require(config.loss.temperature > 0, "loss.temperature", "must be > 0")
     o = config.optim
     _require(o.base_learning_rate >= 0, "optim.base_learning_rate", "must be >= 0")
     _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
@@ -259,14 +132,60 @@ def validate(config: Any) -> None:
         raise ConfigError(data_path_error(d.path))
 
     _require(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
+    _validate_loss(config)
     _require(config.num_epochs >= 1, "num_epochs", f"must be >= 1, got {config.num_epochs}")
     if config.num_steps is not None:
         _require(config.num_steps >= 1, "num_steps", f"must be >= 1, got {config.num_steps}")
     _require(config.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
     _require(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     _require(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
-    sizes = list(_as_dict(config.mesh).values())
-    _require(sizes.count(-1) <= 1, "mesh", "may have at most one axis of size -1")
+    sizes = _as_dict(config.mesh)
+    _require(bool(sizes), "mesh", "must be a non-empty dict axis -> size")
+    for axis, size in sizes.items():
+        _require(_is_int(size) and (size >= 1 or size == -1), f"mesh.{axis}",
+                 f"must be a positive int or -1, got {size!r}")
+    _require(list(sizes.values()).count(-1) <= 1, "mesh", "may have at most one axis of size -1")
+    # An axis the step does not shard over would silently replicate the work on it.
+    _require(tuple(sizes) == MESH_AXES, "mesh",
+             f"must have exactly the axes {MESH_AXES} (the step shards only the batch), "
+             f"got {tuple(sizes)}")
+
+
+def check_schedule(warmup_steps: int, total_steps: int) -> None:
+    """Raises `ConfigError`, saying the fix, when the warm-up does not end before the last step."""
+    if warmup_steps >= total_steps:
+        raise ConfigError(
+            f"config key 'optim.warmup_epochs': {warmup_steps} warm-up steps >= {total_steps} "
+            f"total steps (for a short run add --config.optim.warmup_epochs=0, or train more "
+            f"than {warmup_steps} steps)")
+
+
+def _validate_loss(config: Any) -> None:
+    """The loss keys, including which ablation switches mean something for the method."""
+    loss = config.loss
+    _require(loss.temperature > 0, "loss.temperature", "must be > 0")
+    _require(loss.negatives in NEGATIVES, "loss.negatives",
+             f"must be one of {NEGATIVES}, got {loss.negatives!r}")
+    size = loss.negatives_group_size
+    if loss.negatives == "group":
+        _require(size is not None, "loss.negatives_group_size",
+                 "must be set (images per group) for loss.negatives='group'")
+        _require(size >= 1, "loss.negatives_group_size", f"must be >= 1, got {size}")
+        _require(config.batch_size % size == 0,
+                 "loss.negatives_group_size",
+                 f"must divide batch_size={config.batch_size}, got {size}")
+    else:
+        _require(size is None, "loss.negatives_group_size",
+                 f"is only used with loss.negatives='group' (got {size} with "
+                 f"loss.negatives={loss.negatives!r}); leave it None")
+    if config.method == "byol":
+        _require(loss.negatives == "global", "loss.negatives",
+                 "does not apply to method 'byol' (a regression loss without negatives); "
+                 "leave it 'global'")
+    if config.method in ("byol", "simclr"):
+        _require(loss.same_image_negatives, "loss.same_image_negatives",
+                 f"does not apply to method {config.method!r} (one mask per image, no other "
+                 "mask of the same image); leave it True")
 
 
 def is_url(path: str) -> bool:

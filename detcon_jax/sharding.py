@@ -8,12 +8,13 @@ BatchNorm statistics and contrastive negatives span the global batch on every ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "DATA_AXIS",
@@ -29,8 +30,14 @@ DATA_AXIS = "data"
 
 
 def make_mesh(axis_sizes: Mapping[str, int] | None = None,
-              devices: Any = None) -> Mesh:
-    """A `Mesh` over all devices (of all processes).
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A `Mesh` over all devices (of all processes), laid out by ``jax.make_mesh``.
+
+    ``jax.make_mesh`` orders the devices for the physical topology (on a TPU slice, rings
+    along the interconnect for the all-reduces); elsewhere it keeps ``jax.devices()``
+    order. A host's local batch rows are placed on its own devices wherever the mesh puts
+    them (see `global_batch`). Axes are ``Auto``: XLA propagates the shardings and inserts
+    the collectives, so nothing under the jitted step names an axis.
 
     Args:
       axis_sizes: ordered axis name -> size, already resolved (no -1; see
@@ -38,17 +45,20 @@ def make_mesh(axis_sizes: Mapping[str, int] | None = None,
       devices: the devices to use; default ``jax.devices()``.
 
     Returns:
-      The mesh. Devices are laid out in ``jax.devices()`` order, which groups each process's
-      devices together, so a host's local batch rows form one contiguous block of the global
-      batch.
+      The mesh.
+
+    Raises:
+      ValueError: when the axis sizes do not multiply to the number of devices
+        (``jax.make_mesh`` alone would silently use the first devices only).
     """
-    devices = jax.devices() if devices is None else devices
+    devices = jax.devices() if devices is None else list(devices)
     if axis_sizes is None:
         axis_sizes = {DATA_AXIS: len(devices)}
     shape = tuple(axis_sizes.values())
-    if int(np.prod(shape)) != len(devices):
+    if math.prod(shape) != len(devices):
         raise ValueError(f"mesh axis sizes {dict(axis_sizes)} do not match {len(devices)} devices")
-    return Mesh(np.asarray(devices).reshape(shape), tuple(axis_sizes.keys()))
+    return jax.make_mesh(shape, tuple(axis_sizes), axis_types=(AxisType.Auto,) * len(shape),
+                         devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -66,8 +76,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Per-host numpy batch -> dict of global arrays sharded over ``'data'``.
 
-    Each process passes its own rows (``global_batch_size / process_count`` of them); the
-    global batch is the processes' rows stacked in process order.
+    Each process passes its own rows (``global_batch_size / process_count`` of them); they
+    fill the global rows of that process's devices in mesh order (on CPU and GPU, the
+    processes' rows stacked in process order). Which global rows an image takes changes only
+    its per-row random draws (augmentation, mask ids): BatchNorm statistics and the
+    contrastive negatives span the whole global batch either way.
     """
     sharding = batch_sharding(mesh)
     return {

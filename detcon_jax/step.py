@@ -33,6 +33,7 @@ __all__ = [
     "Schedules",
     "TrainState",
     "create_train_state",
+    "init_keys",
     "make_network",
     "make_optimizer",
     "make_schedules",
@@ -131,6 +132,12 @@ def _feature_size(image_size: int) -> int:
     return -(-image_size // ENCODER_STRIDE)
 
 
+def init_keys(rng: jax.Array) -> jax.Array:
+    """The keys ``create_train_state`` derives from the run's key: online init, target init
+    and the training key (``TrainState.rng``), stacked."""
+    return jax.random.split(rng, 3)
+
+
 def create_train_state(config: Any, rng: jax.Array, *,
                        optimizer: optax.GradientTransformation) -> TrainState:
     """Initial state: online and target networks from *different* keys, as the official code.
@@ -144,7 +151,7 @@ def create_train_state(config: Any, rng: jax.Array, *,
     size = config.data.image_size
     images = jnp.zeros((1, size, size, 3), jnp.float32)
     masks = jnp.ones((1, _num_rois(config), _feature_size(size) ** 2), jnp.float32)
-    rng_online, rng_target, rng_train = jax.random.split(rng, 3)
+    rng_online, rng_target, rng_train = init_keys(rng)
     online = network.init(rng_online, images, masks, train=True)
     target_params = target_stats = None
     if uses_target_network(config.method):
@@ -167,10 +174,13 @@ def featurewise_std(x: jax.Array) -> jax.Array:
 
 
 def _sample_view_masks(config: Any, rng: jax.Array, segmentation: jax.Array,
-                       image_size: int) -> tuple[jax.Array, jax.Array]:
+                       image_size: int, ids: jax.Array | None = None
+                       ) -> tuple[jax.Array, jax.Array]:
     """Segmentation ``[B, S, S, 1]`` -> sampled masks ``[B, R, P]`` and their ids ``[B, R]``.
 
-    For the one-mask methods (BYOL, SimCLR) the single mask is the whole image.
+    ``ids``: mask ids chosen by the caller (``[B, R]``, R = ``masks.num_samples``); drawn
+    with ``rng`` when None. For the one-mask methods (BYOL, SimCLR) the single mask is the
+    whole image.
     """
     batch = segmentation.shape[0]
     cells = _feature_size(image_size) ** 2
@@ -183,36 +193,49 @@ def _sample_view_masks(config: Any, rng: jax.Array, segmentation: jax.Array,
     binary = masks_lib.binary_masks(
         segmentation, downsample=image_size // _feature_size(image_size),
         max_mask_id=config.masks.max_mask_id)
-    ids = masks_lib.sample_mask_ids(rng, binary, num_samples=config.masks.num_samples)
+    if ids is None:
+        ids = masks_lib.sample_mask_ids(rng, binary, num_samples=config.masks.num_samples)
+    elif ids.shape != (batch, config.masks.num_samples):
+        raise ValueError(
+            f"batch mask ids must be [B={batch}, masks.num_samples="
+            f"{config.masks.num_samples}], got {ids.shape}")
+    ids = ids.astype(jnp.int32)
     return masks_lib.gather_masks(binary, ids), ids
 
 
 def _representation_loss(config: Any, online: tuple[Metrics, Metrics],
                          target: tuple[Metrics, Metrics] | None,
                          ids: tuple[jax.Array, jax.Array], *, num_devices: int) -> jax.Array:
-    t = config.loss.temperature
+    c = config.loss
     (o1, o2), (ids1, ids2) = online, ids
+    # The ablation switches (validated in config.py): negatives from the whole global batch
+    # or from blocks of it, same-image negatives, cross-view or within-view contrast.
+    group = c.negatives_group_size if c.negatives == "group" else None
+    contrast = dict(temperature=c.temperature, cross_view=c.cross_view,
+                    negatives_group_size=group)
     # Shapes are global here: the chunking of the lean loss sees the whole batch and is told
     # how many devices share it, instead of naming a mesh axis.
     batch, rois = o1["projection"].shape[:2]
-    num_chunks = losses.auto_num_chunks(batch, rois, num_devices=num_devices)
+    num_chunks = losses.auto_num_chunks(batch, rois, num_devices=num_devices,
+                                        negatives_group_size=group)
     if config.method == "detcon_b":
         return losses.detcon_b_loss(
             o1["prediction"], o2["prediction"],
             jax.lax.stop_gradient(target[0]["projection"]),
             jax.lax.stop_gradient(target[1]["projection"]),
-            ids1, ids2, ids1, ids2, temperature=t, num_chunks=num_chunks)
+            ids1, ids2, ids1, ids2, local_negatives=c.same_image_negatives,
+            num_chunks=num_chunks, **contrast)
     if config.method == "byol":
         return losses.byol_loss(
             o1["prediction"], o2["prediction"],
             jax.lax.stop_gradient(target[0]["projection"]),
-            jax.lax.stop_gradient(target[1]["projection"]))
+            jax.lax.stop_gradient(target[1]["projection"]), cross_view=c.cross_view)
     if config.method == "detcon_s":
         return losses.detcon_s_loss(
-            o1["projection"], o2["projection"], ids1, ids2, temperature=t,
-            num_chunks=num_chunks)
+            o1["projection"], o2["projection"], ids1, ids2,
+            local_negatives=c.same_image_negatives, num_chunks=num_chunks, **contrast)
     if config.method == "simclr":
-        return losses.simclr_loss(o1["projection"], o2["projection"], temperature=t)
+        return losses.simclr_loss(o1["projection"], o2["projection"], **contrast)
     raise ValueError(f"config key 'method': unknown method {config.method!r}")
 
 
@@ -237,8 +260,11 @@ def make_train_step(config: Any, schedules: Schedules,
 
     ``batch``: ``view1``, ``view2`` float ``[B, S, S, 3]`` in [0, 1]; ``mask1``, ``mask2``
     integer ``[B, S, S, 1]`` segmentations (the input pipeline already picked the FH setting,
-    GT or grid); ``label`` int ``[B]`` (-1 = unknown). Metrics are scalars over the global
-    batch.
+    GT or grid); ``label`` int ``[B]`` (-1 = unknown). Optional ``mask_ids1``,
+    ``mask_ids2`` int ``[B, masks.num_samples]``: the mask ids of each view, used by both
+    networks instead of the step's random draw (ids in ``[0, masks.max_mask_id)``; an id
+    absent from its view's grid pools an empty mask, i.e. a zero vector). Metrics are
+    scalars over the global batch.
     """
     # Both views go through the network in one call (per-view BatchNorm statistics, moving
     # averages updated view 1 then view 2, as the official two calls): one traced network
@@ -263,8 +289,10 @@ def make_train_step(config: Any, schedules: Schedules,
             aug_rng, batch["view1"].astype(jnp.float32), batch["view2"].astype(jnp.float32),
             view1_config=view_configs[0], view2_config=view_configs[1])
         # One draw per view, used by both networks (official: same rng for both forwards).
-        masks1, ids1 = _sample_view_masks(config, mask_rng1, batch["mask1"], image_size)
-        masks2, ids2 = _sample_view_masks(config, mask_rng2, batch["mask2"], image_size)
+        masks1, ids1 = _sample_view_masks(config, mask_rng1, batch["mask1"], image_size,
+                                          batch.get("mask_ids1"))
+        masks2, ids2 = _sample_view_masks(config, mask_rng2, batch["mask2"], image_size,
+                                          batch.get("mask_ids2"))
 
         target_outputs = None
         target_stats = state.target_batch_stats

@@ -7,7 +7,7 @@ Usage::
   python -m detcon_jax.visualize --source=imagenet_fh --data_dir=/data/imagenet_fh ...
 
 Each row shows: the original image, the original with its mask overlaid, then view 1 and view 2
-with their masks overlaid (as produced by ``input_pipeline.two_views``). A mask id has the same
+with their masks overlaid (as produced by ``data.two_views``). A mask id has the same
 colour in every panel of a row, so a user can see which regions the two views share; region
 borders are drawn in white.
 """
@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from ml_collections import ConfigDict
 from PIL import Image, ImageDraw
 from skimage.segmentation import find_boundaries
 
-from detcon_jax import input_pipeline
+from detcon_jax import data as data_lib
 
 COLUMNS = ("image", "image + mask", "view 1 + mask", "view 2 + mask")
 
@@ -66,9 +68,9 @@ def render_rows(examples: Sequence[dict], *, image_size: int = 224, tile: int = 
     for c, title in enumerate(COLUMNS):
         draw.text((c * tile + 4, 3), title, fill=(255, 255, 255))
     for r, ex in enumerate(examples):
-        image = input_pipeline.decode_image(ex["image"]).numpy()
+        image = data_lib.decode_image(ex["image"]).numpy()
         mask = np.asarray(ex["mask"])[..., 0]
-        views = input_pipeline.two_views(image, ex["mask"], image_size=image_size,
+        views = data_lib.two_views(image, ex["mask"], image_size=image_size,
                                          seed=tf.constant([seed, r], tf.int64))
         panels = [
             image,
@@ -81,16 +83,16 @@ def render_rows(examples: Sequence[dict], *, image_size: int = 224, tile: int = 
     return grid
 
 
-def visualize(output: str | os.PathLike, *, source: str = "skimage", mask_source: str = "fh",
-              num_images: int = 4, image_size: int = 224, tile: int = 224, seed: int = 0,
-              **source_kwargs) -> str:
-    """Writes the PNG grid for the first ``num_images`` of a source; returns its path."""
-    ds = input_pipeline.source_dataset(source, mask_source=mask_source, seed=seed,
-                                       **source_kwargs)
+def visualize(output: str | os.PathLike, data: Any, masks: Any, *, num_images: int = 4,
+              tile: int = 224, seed: int = 0) -> str:
+    """Writes the PNG grid for the first ``num_images`` of the source ``data`` (a
+    ``config.data``) with the masks ``masks`` (a ``config.masks``) describes; returns its path.
+    """
+    ds = data_lib.source_dataset(data, masks, stats=data_lib.PipelineStats(), seed=seed)
     examples = [{k: v.numpy() for k, v in ex.items()} for ex in ds.take(num_images)]
     if not examples:
-        raise ValueError(f"source {source!r} yielded no images")
-    grid = render_rows(examples, image_size=image_size, tile=tile, seed=seed)
+        raise ValueError(f"source {data.source!r} yielded no images")
+    grid = render_rows(examples, image_size=data.image_size, tile=tile, seed=seed)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     grid.save(output)
     return str(output)
@@ -100,11 +102,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m detcon_jax.visualize",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="detcon_masks.png")
-    parser.add_argument("--source", default="skimage", choices=input_pipeline.SOURCES)
-    parser.add_argument("--mask_source", default="fh", choices=input_pipeline.MASK_SOURCES)
-    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--source", default="skimage", choices=tuple(data_lib.SOURCES))
+    parser.add_argument("--mask_source", default="fh", choices=data_lib.MASK_SOURCES)
+    parser.add_argument("--data_dir", default="")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--tfds_name", default=None)
+    parser.add_argument("--tfds_name", default="")
     parser.add_argument("--num_images", type=int, default=4)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--tile", type=int, default=224, help="panel side in pixels")
@@ -113,11 +115,14 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--fh_min_size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = visualize(
-        args.output, source=args.source, mask_source=args.mask_source,
-        num_images=args.num_images, image_size=args.image_size, tile=args.tile, seed=args.seed,
-        data_dir=args.data_dir, split=args.split, tfds_name=args.tfds_name,
-        grid_size=args.grid_size, fh_scale=args.fh_scale, fh_min_size=args.fh_min_size)
+    # The config sections the data package reads, filled from the flags.
+    data = ConfigDict(dict(
+        source=args.source, path=args.data_dir, split=args.split, tfds_name=args.tfds_name,
+        image_size=args.image_size, synthetic_num_images=64, fh_scale=args.fh_scale,
+        fh_min_size=args.fh_min_size))
+    masks = ConfigDict(dict(source=args.mask_source, grid_size=args.grid_size, fh_index=0))
+    path = visualize(args.output, data, masks, num_images=args.num_images, tile=args.tile,
+                     seed=args.seed)
     print(path)
     return path
 

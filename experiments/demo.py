@@ -1,10 +1,9 @@
 """Demo: DetCon-B with Felzenszwalb masks on the photos bundled with scikit-image.
 
-A ResNet-18 at 128 px (a 4x4 feature grid), batch 8, 200 steps: about 3 minutes on an idle
-2-core CPU (up to ~10 when the cores are shared), no data to download. The loss (mean over
-each 10 steps, logged to the console, ``WORKDIR/metrics.jsonl`` and TensorBoard under
-``WORKDIR/tensorboard``) goes down visibly: on our 2-core machine from 2.22 over the first 10
-steps to 1.58-1.73 from step 100 on.
+A ResNet-18 at 128 px (a 4x4 feature grid), batch 8, 200 steps: a few minutes on a 2-core
+CPU (docs/experiments.md), no data to download. The loss (mean over each 10 steps, logged to
+the console, ``WORKDIR/metrics.jsonl`` and TensorBoard under ``WORKDIR/tensorboard``) goes
+down visibly.
 
 Run:
     python -m detcon_jax.train --config=experiments/demo.py --workdir=/tmp/detcon_demo
@@ -12,65 +11,33 @@ Run:
 
 from ml_collections import config_dict
 
+from detcon_jax import configs
+
 
 def get_config() -> config_dict.ConfigDict:
-    """Returns the demo configuration (schema: see ``detcon_jax/config.py``)."""
-    config = config_dict.ConfigDict()
-    config.method = "detcon_b"
-    config.seed = 0
-
-    config.model = config_dict.ConfigDict(dict(
-        depth=18,
-        width_multiplier=1,
-        mlp_hidden_size=256,
-        projection_size=64,
-        bn_decay=0.9,
-        bn_epsilon=1e-5,
-        dtype="float32",
-        num_classes=0,  # the bundled photos have no labels
-        blocks_per_group=config_dict.placeholder(tuple),
-        channels_per_group=config_dict.placeholder(tuple),
-    ))
-    config.masks = config_dict.ConfigDict(dict(
-        source="fh",
-        num_samples=16,
-        max_mask_id=256,
-        grid_size=4,
-        fh_index=0,
-    ))
-    config.loss = config_dict.ConfigDict(dict(temperature=0.1))
-    config.optim = config_dict.ConfigDict(dict(
-        # Scaled by batch/256: 8 images give the learning rate the official recipe reaches
-        # at batch 4096 (0.2 x 4096/256 = 3.2); at 0.2 x 8/256 the demo would barely move.
-        base_learning_rate=102.4,
-        weight_decay=1.5e-6,
-        momentum=0.9,
-        trust_coefficient=1e-3,
-        base_ema=0.99,
-        warmup_epochs=config_dict.placeholder(int),
-    ))
-    config.data = config_dict.ConfigDict(dict(
-        source="skimage",
-        path="",
-        split="train",
-        tfds_name="",
-        image_size=128,
-        num_examples=config_dict.placeholder(int),
-        synthetic_num_images=64,
-        shuffle_buffer=16,
-        cache=True,  # Felzenszwalb runs once per photo
-        deterministic=True,
-        # The bundled photos are ~512 px and a 128 px crop sees a 4x4 grid: smaller
-        # segments than ImageNet's defaults give each crop several distinct regions.
-        fh_scale=200.0,
-        fh_min_size=200,
-    ))
-    config.augment = config_dict.ConfigDict(dict(view1=None, view2=None))
-
+    """The demo: DetCon-B on the bundled photos, sized for a CPU."""
+    config = configs.get_config()
+    config.model.depth = 18
+    config.model.mlp_hidden_size = 256
+    config.model.projection_size = 64
+    config.model.num_classes = 0  # the bundled photos have no labels
+    # Scaled by batch/256: 8 images give the learning rate the official recipe reaches at
+    # batch 4096 (0.2 x 4096/256 = 3.2); at 0.2 x 8/256 the demo would barely move.
+    config.optim.base_learning_rate = 102.4
+    config.optim.base_ema = 0.99
+    config.data.source = "skimage"
+    config.data.image_size = 128
+    config.data.num_examples = None
+    config.data.shuffle_buffer = 16
+    config.data.cache = True  # Felzenszwalb runs once per photo
+    config.data.deterministic = True
+    # The bundled photos are ~512 px and a 128 px crop sees a 4x4 grid: smaller segments
+    # than ImageNet's defaults give each crop several distinct regions.
+    config.data.fh_scale = 200.0
+    config.data.fh_min_size = 200
     config.batch_size = 8
     config.num_epochs = 178  # 9 photos -> 200 steps (1 of warm-up)
-    config.num_steps = config_dict.placeholder(int)
-    config.mesh = config_dict.ConfigDict(dict(data=-1))
-    config.checkpoint = config_dict.ConfigDict(dict(every_steps=100, keep=2))
+    config.checkpoint.every_steps = 100
+    config.checkpoint.keep = 2
     config.log_every_steps = 10
     return config

@@ -4,9 +4,8 @@ A laptop-scale version of the paper's mask ablation (Hénaff et al., ICCV 2021, 
 2103.10957, which compares spatial-heuristic, Felzenszwalb-Huttenlocher and human-annotated
 masks): DetCon-B pre-training on the 367 CamVid training images (360 x 480) with one of three
 mask sources, everything else fixed. It does not reproduce a number from the paper; it shows
-the effect of the masks on real scene images on a CPU (measured end to end: about 6 s per
-step at batch 32 on 2 shared cores, so about 2 hours for the 1,146 steps; see
-docs/experiments.md), and its checkpoints feed the segmentation probe in
+the effect of the masks on real scene images on a CPU (about 2 hours for the 1,146 steps on
+2 cores; docs/experiments.md), and its checkpoints feed the segmentation probe in
 ``detcon_jax.evaluate``.
 
 - ``gt`` (default): the CamVid label maps (12 classes incl. "unlabelled") as masks;
@@ -33,70 +32,31 @@ Run:
 
 from ml_collections import config_dict
 
-MASK_SOURCES = ("gt", "fh", "grid")
+from detcon_jax import configs
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     """DetCon-B / CamVid config; ``arg`` is the mask source: gt (default), fh or grid."""
-    mask_source = arg or "gt"
-    if mask_source not in MASK_SOURCES:
-        raise ValueError(
-            f"experiments/detcon_b_camvid.py: mask source must be one of {MASK_SOURCES}, "
-            f"got {arg!r}")
-    config = config_dict.ConfigDict()
-    config.method = "detcon_b"
-    config.seed = 0
-
-    config.model = config_dict.ConfigDict(dict(
-        depth=18,
-        width_multiplier=1,
-        mlp_hidden_size=512,
-        projection_size=128,
-        bn_decay=0.9,
-        bn_epsilon=1e-5,
-        dtype="float32",
-        num_classes=0,
-        blocks_per_group=(2, 2, 2, 2),
-        channels_per_group=(32, 64, 128, 256),
-    ))
-    config.masks = config_dict.ConfigDict(dict(
-        source=mask_source,
-        num_samples=16,
-        max_mask_id=256,
-        grid_size=4,
-        fh_index=0,
-    ))
-    config.loss = config_dict.ConfigDict(dict(temperature=0.1))
-    config.optim = config_dict.ConfigDict(dict(
-        base_learning_rate=0.2,
-        weight_decay=1.5e-6,
-        momentum=0.9,
-        trust_coefficient=1e-3,
-        base_ema=0.99,
-        warmup_epochs=config_dict.placeholder(int),
-    ))
-    config.data = config_dict.ConfigDict(dict(
-        source="folder",
-        path="",
-        split="train",
-        tfds_name="",
-        image_size=128,
-        # None: counted from the folder (367 for the CamVid train split).
-        num_examples=config_dict.placeholder(int),
-        synthetic_num_images=64,
-        # The whole split.
-        shuffle_buffer=512,
-        cache=True,
-        deterministic=False,
-        fh_scale=1000.0,
-        fh_min_size=1000,
-    ))
-    config.augment = config_dict.ConfigDict(dict(view1=None, view2=None))
-
+    args = configs.parse_arg(arg, masks=configs.Choice("gt", "fh", "grid", name="mask source"))
+    config = configs.get_config()
+    config.model.depth = 18
+    config.model.mlp_hidden_size = 512
+    config.model.projection_size = 128
+    config.model.num_classes = 0
+    config.model.blocks_per_group = (2, 2, 2, 2)
+    config.model.channels_per_group = (32, 64, 128, 256)
+    config.masks.source = args.masks
+    config.optim.base_ema = 0.99
+    config.data.source = "folder"
+    config.data.image_size = 128
+    # None: counted from the folder (367 for the CamVid train split).
+    config.data.num_examples = None
+    # The whole split.
+    config.data.shuffle_buffer = 512
+    config.data.cache = True
     config.batch_size = 32
     config.num_epochs = 100
-    config.num_steps = config_dict.placeholder(int)
-    config.mesh = config_dict.ConfigDict(dict(data=-1))
-    config.checkpoint = config_dict.ConfigDict(dict(every_steps=200, keep=2))
+    config.checkpoint.every_steps = 200
+    config.checkpoint.keep = 2
     config.log_every_steps = 10
     return config

@@ -40,6 +40,8 @@ Run:
 
 from ml_collections import config_dict
 
+from detcon_jax import configs
+
 # Mask source -> (data source, TFDS name).
 ARMS = {
     "fh": ("imagenet_fh", ""),
@@ -52,66 +54,11 @@ COCO_TRAIN2017_IMAGES = 118287
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     """DetCon-B / COCO config; ``arg`` is the mask source: fh (default), fh_online, gt, grid."""
-    arm = arg or "fh"
-    if arm not in ARMS:
-        raise ValueError(
-            f"experiments/detcon_b_coco.py: mask source must be one of {tuple(ARMS)}, got {arg!r}")
-    data_source, tfds_name = ARMS[arm]
-    config = config_dict.ConfigDict()
-    config.method = "detcon_b"
-    config.seed = 0
-
-    config.model = config_dict.ConfigDict(dict(
-        depth=50,
-        width_multiplier=1,
-        mlp_hidden_size=4096,
-        projection_size=256,
-        bn_decay=0.9,
-        bn_epsilon=1e-5,
-        dtype="float32",
-        num_classes=0,
-        blocks_per_group=None,
-        channels_per_group=None,
-    ))
-    config.masks = config_dict.ConfigDict(dict(
-        source="fh" if arm == "fh_online" else arm,
-        num_samples=16,
-        max_mask_id=256,
-        grid_size=4,
-        fh_index=0,
-    ))
-    config.loss = config_dict.ConfigDict(dict(temperature=0.1))
-    config.optim = config_dict.ConfigDict(dict(
-        base_learning_rate=0.2,
-        weight_decay=1.5e-6,
-        momentum=0.9,
-        trust_coefficient=1e-3,
-        base_ema=0.996,
-        warmup_epochs=config_dict.placeholder(int),
-    ))
-    config.data = config_dict.ConfigDict(dict(
-        source=data_source,
-        # FH shards folder (fh) or TFDS data dir (other arms; '' = TFDS default).
-        path="",
-        split="train",
-        tfds_name=tfds_name,
-        image_size=224,
-        # Fixed so that every arm takes the same steps and none has to count records.
-        num_examples=COCO_TRAIN2017_IMAGES,
-        synthetic_num_images=64,
-        shuffle_buffer=10_000,
-        cache=False,
-        deterministic=False,
-        # The official ImageNet FH setting, also used by fh_masks' defaults.
-        fh_scale=1000.0,
-        fh_min_size=1000,
-    ))
-    config.augment = config_dict.ConfigDict(dict(view1=None, view2=None))
-
-    config.batch_size = 4096
-    config.num_epochs = 1000
-    config.num_steps = config_dict.placeholder(int)
-    config.mesh = config_dict.ConfigDict(dict(data=-1))
-    config.checkpoint = config_dict.ConfigDict(dict(every_steps=1000, keep=3))
-    config.log_every_steps = 100
+    arm = configs.parse_arg(arg, masks=configs.Choice(*ARMS, name="mask source")).masks
+    config = configs.get_config()
+    config.model.num_classes = 0
+    config.masks.source = "fh" if arm == "fh_online" else arm
+    config.data.source, config.data.tfds_name = ARMS[arm]
+    # Fixed so that every arm takes the same steps and none has to count records.
+    config.data.num_examples = COCO_TRAIN2017_IMAGES
     return config

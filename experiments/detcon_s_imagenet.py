@@ -31,71 +31,11 @@ Run (data: official-layout TFRecords with FH masks, see docs/experiments.md):
 
 from ml_collections import config_dict
 
-
-def _simclr_view() -> dict:
-    """SimCLR's augmentation for one view, as overrides of this code's per-view settings."""
-    return dict(
-        color_transform=dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
-                             color_jitter_prob=0.8, to_grayscale_prob=0.2),
-        gaussian_blur=dict(apply_prob=0.5),
-        solarize=dict(apply_prob=0.0),
-    )
+from detcon_jax import configs
 
 
 def get_config() -> config_dict.ConfigDict:
-    """DetCon-S / ImageNet config (schema: ``detcon_jax/config.py``)."""
-    config = config_dict.ConfigDict()
+    """DetCon-S / ImageNet config: the base with SimCLR's heads, optimiser and augmentations."""
+    config = configs.simclr.apply(configs.get_config())
     config.method = "detcon_s"
-    config.seed = 0
-
-    config.model = config_dict.ConfigDict(dict(
-        depth=50,
-        width_multiplier=1,
-        mlp_hidden_size=2048,
-        projection_size=128,
-        bn_decay=0.9,
-        bn_epsilon=1e-5,
-        dtype="float32",
-        num_classes=1000,
-        blocks_per_group=None,
-        channels_per_group=None,
-    ))
-    config.masks = config_dict.ConfigDict(dict(
-        source="fh",
-        num_samples=16,
-        max_mask_id=256,
-        grid_size=4,
-        fh_index=0,
-    ))
-    config.loss = config_dict.ConfigDict(dict(temperature=0.1))
-    config.optim = config_dict.ConfigDict(dict(
-        base_learning_rate=0.3,
-        weight_decay=1e-6,
-        momentum=0.9,
-        trust_coefficient=1e-3,
-        base_ema=0.996,
-        warmup_epochs=config_dict.placeholder(int),
-    ))
-    config.data = config_dict.ConfigDict(dict(
-        source="imagenet_fh",
-        path="",
-        split="train",
-        tfds_name="",
-        image_size=224,
-        num_examples=1281167,
-        synthetic_num_images=64,
-        shuffle_buffer=10_000,
-        cache=False,
-        deterministic=False,
-        fh_scale=1000.0,
-        fh_min_size=1000,
-    ))
-    config.augment = config_dict.ConfigDict(dict(view1=_simclr_view(), view2=_simclr_view()))
-
-    config.batch_size = 4096
-    config.num_epochs = 1000
-    config.num_steps = config_dict.placeholder(int)
-    config.mesh = config_dict.ConfigDict(dict(data=-1))
-    config.checkpoint = config_dict.ConfigDict(dict(every_steps=1000, keep=3))
-    config.log_every_steps = 100
     return config

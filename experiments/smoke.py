@@ -8,62 +8,29 @@ Run:
 
 from ml_collections import config_dict
 
+from detcon_jax import configs
+
 
 def get_config() -> config_dict.ConfigDict:
-    """Returns the smoke-test configuration (schema: see ``detcon_jax/config.py``)."""
-    config = config_dict.ConfigDict()
-    config.method = "detcon_b"
-    config.seed = 0
-
-    config.model = config_dict.ConfigDict(dict(
-        depth=18,
-        width_multiplier=1,
-        mlp_hidden_size=64,
-        projection_size=32,
-        bn_decay=0.9,
-        bn_epsilon=1e-5,
-        dtype="float32",
-        num_classes=10,
-        # A tiny ResNet-18 (one basic block of 16 channels per group) keeps compiles short.
-        blocks_per_group=(1, 1, 1, 1),
-        channels_per_group=(16, 16, 16, 16),
-    ))
-    config.masks = config_dict.ConfigDict(dict(
-        source="fh",
-        num_samples=16,
-        max_mask_id=256,
-        grid_size=4,
-        fh_index=0,
-    ))
-    config.loss = config_dict.ConfigDict(dict(temperature=0.1))
-    config.optim = config_dict.ConfigDict(dict(
-        base_learning_rate=0.2,
-        weight_decay=1.5e-6,
-        momentum=0.9,
-        trust_coefficient=1e-3,
-        base_ema=0.996,
-        warmup_epochs=config_dict.placeholder(int),
-    ))
-    config.data = config_dict.ConfigDict(dict(
-        source="synthetic",
-        path="",
-        split="train",
-        tfds_name="",
-        image_size=32,
-        num_examples=config_dict.placeholder(int),
-        synthetic_num_images=64,
-        shuffle_buffer=64,
-        cache=True,
-        deterministic=True,
-        fh_scale=1000.0,
-        fh_min_size=1000,
-    ))
-    config.augment = config_dict.ConfigDict(dict(view1=None, view2=None))
-
+    """The smoke-test config: generated data, a tiny ResNet-18 at 32 px, 4 steps."""
+    config = configs.get_config()
+    config.model.depth = 18
+    config.model.mlp_hidden_size = 64
+    config.model.projection_size = 32
+    config.model.num_classes = 10
+    # A tiny ResNet-18 (one basic block of 16 channels per group) keeps compiles short.
+    config.model.blocks_per_group = (1, 1, 1, 1)
+    config.model.channels_per_group = (16, 16, 16, 16)
+    config.data.source = "synthetic"
+    config.data.image_size = 32
+    config.data.num_examples = None
+    config.data.shuffle_buffer = 64
+    config.data.cache = True
+    config.data.deterministic = True
     config.batch_size = 8
     config.num_epochs = 1
     config.num_steps = 4
-    config.mesh = config_dict.ConfigDict(dict(data=-1))
-    config.checkpoint = config_dict.ConfigDict(dict(every_steps=2, keep=2))
+    config.checkpoint.every_steps = 2
+    config.checkpoint.keep = 2
     config.log_every_steps = 1
     return config

@@ -38,8 +38,11 @@ Flags (environment variable in brackets):
 
 Everything after `--`, and any --config.KEY=VALUE flag, is passed to the
 training command unchanged. With several processes, process 0 prints to the
-terminal as is and the others prefix their lines with [pI]; when one process
-fails the others are stopped and the exit status is the failing one's.
+terminal as is and the others prefix their lines with [pI]. When one process
+fails, the others get SIGTERM; the script returns only when every process has
+exited, with the first failure's status (0 if none failed). SIGINT or SIGTERM to
+the script is passed on as SIGTERM (each process checkpoints and exits 0) and the
+script waits for them. See launch/README.md.
 
 Example (2 processes x 4 fake CPU devices = 8 devices):
   launch/local.sh --config=experiments/smoke.py --workdir=/tmp/detcon_smoke \
@@ -163,14 +166,27 @@ prefix_lines() {
 }
 
 PIDS=()
-cleanup() {
+# Sends signal $1 to every process still running.
+signal_all() {
     local pid
     for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-        kill "$pid" 2>/dev/null || true
+        kill "-$1" "$pid" 2>/dev/null || true
     done
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# SIGINT/SIGTERM to this script: the processes get SIGTERM (a checkpoint, then exit 0) and
+# the script waits for them as usual.
+STOPPING=0
+# shellcheck disable=SC2317,SC2329  # invoked by the trap below
+forward_stop() {
+    echo "$PROG: asking every process to checkpoint and stop" >&2
+    STOPPING=1
+    signal_all TERM
+}
+# Nothing outlives this script: should it end early, what still runs is killed.
+# shellcheck disable=SC2317,SC2329  # invoked by the trap below
+kill_rest() { signal_all KILL; }
+trap forward_stop INT TERM
+trap kill_rest EXIT
 
 for ((i = 0; i < PROCESSES; i++)); do
     set_process_env "$i"
@@ -182,20 +198,30 @@ for ((i = 0; i < PROCESSES; i++)); do
     PIDS+=("$!")
 done
 
-# Polls rather than `wait -n` (bash >= 4.3 only); the first failure stops the rest,
-# which would otherwise hang in collectives waiting for the dead process.
+# Waits for every process; polls rather than `wait -n` (bash >= 4.3 only). The first
+# failure stops the others with SIGTERM; those that ignore it (a JAX process blocked on
+# its dead peer) end by themselves within the heartbeat timeout, and this script returns
+# only when the last one has, so a rerun never meets a process of this run. The exit
+# status is the first failure's (0 when all succeeded).
+STATUS=0
 while ((${#PIDS[@]})); do
     for idx in "${!PIDS[@]}"; do
         pid="${PIDS[$idx]}"
         kill -0 "$pid" 2>/dev/null && continue
         status=0
         wait "$pid" || status=$?
-        if ((status != 0)); then
-            echo "$PROG: process $idx exited with status $status; stopping the others" >&2
-            exit "$status"
-        fi
         unset "PIDS[$idx]"
+        ((status == 0)) && continue
+        ((STATUS == 0)) && STATUS=$status
+        if ((STOPPING)); then
+            echo "$PROG: process $idx exited with status $status" >&2
+        else
+            echo "$PROG: process $idx exited with status $status; stopping the others" >&2
+            STOPPING=1
+            signal_all TERM
+        fi
     done
-    if ((${#PIDS[@]})); then sleep 1; fi
+    if ((${#PIDS[@]})); then sleep 0.2; fi
 done
 trap - EXIT
+exit "$STATUS"

@@ -5,22 +5,40 @@ persistent compilation cache: ``JAX_COMPILATION_CACHE_DIR`` from the environment
 (CI sets one), otherwise a temporary directory made once per session (per xdist worker)
 and removed at exit. ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0`` caches even the
 small programs (state initialisation) that JAX would otherwise recompile every time.
+
+One compiled step program for the smoke runs: every training run of the train tests
+(``test_train_*.py``, ``test_trainer.py``) passes `RUN` (or at least ``num_steps=STEPS``)
+and ``test_step.py`` builds its step with ``STEPS`` total steps, so all of them execute the
+same program (the schedules are part of it; checkpoint cadence, data source and seed are
+not), compiled once per session cache. The uninterrupted run several train tests compare
+against is the session fixture ``full_run`` in ``conftest.py``.
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import io
+import json
 import os
 import pathlib
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "experiments" / "smoke.py")
+
+STEPS = 64
+EVERY = 4
+# Flags shared by the smoke runs of the train tests (one compiled program for all of them).
+RUN = (f"--config.num_steps={STEPS}", f"--config.checkpoint.every_steps={EVERY}",
+       "--config.checkpoint.keep=100")
 
 
 @functools.cache
@@ -68,13 +86,21 @@ def free_port() -> int:
 
 
 def load_state(step_dir: pathlib.Path) -> dict:
-    """Leaves of a checkpoint's ``state`` item, keyed by their tree path."""
+    """Leaves of a checkpoint's ``state`` item, keyed by their tree path.
+
+    Onto this process's first device, whatever the saving job's devices and processes were
+    (orbax restores onto the stored sharding otherwise, which fails for other topologies).
+    """
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
+    from etils import epath
 
-    with ocp.StandardCheckpointer() as checkpointer:
-        tree = checkpointer.restore(pathlib.Path(step_dir) / "state")
+    args = ocp.args.StandardRestore(
+        fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        # epath: a checkpoint in a bucket (gs://) as well as a local one.
+        tree = checkpointer.restore(epath.Path(step_dir) / "state", args=args)
     return {jax.tree_util.keystr(p): np.asarray(v)
             for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -84,6 +110,21 @@ def checkpoint_steps(ckpt_dir: pathlib.Path) -> list[int]:
     if not ckpt_dir.is_dir():
         return []
     return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+
+
+def tensorboard_scalars(logdir: os.PathLike, tag: str) -> dict[int, float]:
+    """Values of the scalar ``tag`` by step, read from every event file under ``logdir``."""
+    import tensorflow as tf
+
+    values: dict[int, float] = {}
+    for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = (float(tf.make_ndarray(value.tensor))
+                                          if value.HasField("tensor") else value.simple_value)
+    return values
 
 
 def assert_same_state(got: dict, want: dict, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
@@ -96,3 +137,99 @@ def assert_same_state(got: dict, want: dict, *, rtol: float = 1e-5, atol: float 
             np.testing.assert_allclose(got[key], value, rtol=rtol, atol=atol, err_msg=key)
         else:
             np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+class Training:
+    """A train CLI subprocess whose stderr is read in the background."""
+
+    def __init__(self, workdir: pathlib.Path, *flags: str, env: dict | None = None):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            train_command(workdir, *flags), cwd=REPO, env=env or subprocess_env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def last_step(self) -> int:
+        """The last step reported on the console (0 before the first)."""
+        for line in reversed(self.lines):
+            match = re.search(r"step (\d+)/\d+", line)
+            if match:
+                return int(match.group(1))
+        return 0
+
+    def wait_for(self, condition, timeout: float = 600, poll: float = 0.005) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            if condition():
+                return True
+            time.sleep(poll)
+        raise TimeoutError("training subprocess made no progress:\n" + self.output()[-3000:])
+
+    def finish(self, sig: int | None = None, timeout: float = 300) -> int:
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(timeout=30)
+        return code
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def metrics_steps(workdir: pathlib.Path) -> list[int]:
+    """The steps of ``workdir/metrics.jsonl``, in file order."""
+    return [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def resume_workdir(full_run: pathlib.Path, tmp_path: pathlib.Path, step: int) -> pathlib.Path:
+    """A workdir holding only the full run's checkpoint ``step`` (as after a stop there)."""
+    workdir = tmp_path / "work"
+    (workdir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full_run / "checkpoints" / str(step), workdir / "checkpoints" / str(step))
+    return workdir
+
+
+def image_bytes(array, fmt: str) -> bytes:
+    """``array`` encoded as an image file of format ``fmt`` (PIL: "PNG", "JPEG")."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write_fh_records(path: pathlib.Path, num: int, label: int, *, settings: int = 1) -> None:
+    """Official-layout ImageNet-FH records ``img{i}.png``: PNG images, a 1-based label and
+    ``settings`` Felzenszwalb settings (0: no ``image/felzenszwalb_segmentations``)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rs = np.random.RandomState(0)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i in range(num):
+            image = rs.randint(0, 256, (48, 40, 3)).astype(np.uint8)
+            fh = (np.arange(settings * 48 * 40).reshape(settings, 48, 40) // 480).astype(np.uint8)
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[tf.io.encode_png(image).numpy()])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[label])),
+                "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[f"img{i}.png".encode()])),
+            }
+            if settings:
+                feature["image/felzenszwalb_segmentations"] = tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[fh.tobytes()]))
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())

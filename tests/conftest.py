@@ -1,7 +1,10 @@
-"""Shared test fixtures: locations of the golden vectors and real data, a GCS emulator."""
+"""Shared test fixtures: golden vectors and real data, config files, the full smoke run, a GCS
+emulator."""
 
+import importlib.util
 import os
 import pathlib
+import types
 
 import pytest
 from gcs_emulator import LOOPBACK_ONLY, EmulatorServer, reset_path_caches
@@ -14,6 +17,20 @@ os.environ.update(LOOPBACK_ONLY)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("DETCON_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def load_module(path: os.PathLike) -> types.ModuleType:
+    """Imports the Python file ``path`` (an experiment config, a golden-vector script)."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def smoke_config():
+    """A fresh copy of ``experiments/smoke.py``'s config."""
+    return load_module(REPO_ROOT / "experiments" / "smoke.py").get_config()
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +52,21 @@ def data_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_root() -> pathlib.Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory) -> pathlib.Path:
+    """The uninterrupted smoke run (STEPS steps, a checkpoint every EVERY, all kept).
+
+    The train tests compare against it and copy its checkpoints. Session-scoped: with
+    ``--dist=loadfile`` each xdist worker that runs one of those files trains it once.
+    """
+    from cli_helpers import RUN, run_cli
+
+    workdir = tmp_path_factory.mktemp("full")
+    proc = run_cli(workdir, *RUN)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import skimage.segmentation
 import tensorflow as tf
+from data_helpers import configs
 
 from detcon_jax import fh_masks
-from detcon_jax import input_pipeline as ip
+from detcon_jax.data import PipelineStats, pretrain
 
 SETTINGS = [(1000.0, 1000), (300.0, 50)]
 
@@ -31,7 +32,8 @@ def camvid_run(tmp_path_factory, data_dir):
 
 
 def _records(out):
-    ds = ip.source_dataset("imagenet_fh", data_dir=out, mask_source="fh")
+    ds = pretrain.source_dataset(*configs("imagenet_fh", "fh", path=str(out)),
+                                 stats=PipelineStats())
     return [{k: v.numpy() for k, v in ex.items()} for ex in ds]
 
 
@@ -76,7 +78,8 @@ def test_round_trip_through_the_pipeline_reader(camvid_run):
         assert ex["image"] == path.read_bytes()  # image bytes kept exactly
         assert ex["label"] == -1  # flat folder: stored 0, read back 0-based
         np.testing.assert_array_equal(ex["mask"][..., 0], raw[name]["fh"][0])
-    second = ip.source_dataset("imagenet_fh", data_dir=out, mask_source="fh", fh_index=1)
+    second = pretrain.source_dataset(*configs("imagenet_fh", "fh", fh_index=1, path=str(out)),
+                                     stats=PipelineStats())
     ex = next(iter(second))
     name = ex["name"].numpy().decode().split(" ")[-1]
     np.testing.assert_array_equal(ex["mask"].numpy()[..., 0], raw[name]["fh"][1])
@@ -84,11 +87,12 @@ def test_round_trip_through_the_pipeline_reader(camvid_run):
 
 def test_pretrain_dataset_reads_the_records(camvid_run):
     _, out, _, _ = camvid_run
-    ds = ip.make_pretrain_dataset("imagenet_fh", data_dir=out, batch_size=2, image_size=96,
-                                  mask_source="fh", seed=0)
+    ds = pretrain.make_pretrain_dataset(*configs("imagenet_fh", "fh", path=str(out),
+                                                 image_size=96),
+                                        batch_size=2, seed=0, stats=PipelineStats())
     batch = next(iter(ds))
     assert batch["view1"].shape == (2, 96, 96, 3) and batch["mask2"].shape == (2, 96, 96, 1)
-    assert ip.num_examples("imagenet_fh", data_dir=out) == 3
+    assert pretrain.num_examples(configs("imagenet_fh", path=str(out))[0]) == 3
 
 
 @pytest.mark.parametrize("cache", [True, False])
@@ -98,9 +102,10 @@ def test_cached_pipeline_serves_from_memory_after_one_pass(camvid_run, tmp_path,
     # which are gone.
     copy = tmp_path / "out"
     shutil.copytree(camvid_run[1], copy)
-    it = iter(ip.make_pretrain_dataset(
-        "imagenet_fh", data_dir=copy, batch_size=3, image_size=32, mask_source="fh", seed=0,
-        shuffle_buffer=3, prefetch=1, cache=cache))
+    it = iter(pretrain.make_pretrain_dataset(
+        *configs("imagenet_fh", "fh", path=str(copy), image_size=32, shuffle_buffer=3,
+                 cache=cache),
+        batch_size=3, seed=0, prefetch=1, stats=PipelineStats()))
     next(it)
     next(it)  # 3 records a pass: the first pass has been read
     for shard in copy.glob("train-*"):
@@ -174,8 +179,9 @@ def test_mask_size_mismatch_error_names_the_record(tmp_path):
                                 filename="odd_one.png", height=20, width=30)
     with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001")) as writer:
         writer.write(bad)
-    ds = ip.make_pretrain_dataset("imagenet_fh", data_dir=tmp_path, batch_size=1,
-                                  image_size=32, mask_source="fh")
+    ds = pretrain.make_pretrain_dataset(*configs("imagenet_fh", "fh", path=str(tmp_path),
+                                                 image_size=32),
+                                        batch_size=1, stats=PipelineStats())
     with pytest.raises(tf.errors.InvalidArgumentError, match="odd_one.png"):
         next(iter(ds))
 
@@ -188,9 +194,9 @@ def test_parse_settings():
 
 def test_imagenet_fh_shards_are_split_across_processes(camvid_run):
     _, out, _, _ = camvid_run
-    names = [{ex["name"].numpy() for ex in ip.source_dataset(
-        "imagenet_fh", data_dir=out, mask_source="fh", process_index=i, process_count=2)}
-        for i in range(2)]
+    names = [{ex["name"].numpy() for ex in pretrain.source_dataset(
+        *configs("imagenet_fh", "fh", path=str(out)), stats=PipelineStats(), process_index=i,
+        process_count=2)} for i in range(2)]
     assert names[0] and names[1] and not names[0] & names[1]
     assert len(names[0] | names[1]) == 3
 
@@ -202,9 +208,10 @@ def test_corrupt_record_image_is_skipped_and_counted(tmp_path):
         for name, data in (("ok.jpg", good), ("cut.jpg", good[:-40]), ("ok2.jpg", good)):
             writer.write(fh_masks.make_example(data, masks, label=3, filename=name,
                                                height=24, width=32))
-    stats = ip.PipelineStats()
-    ds = ip.make_pretrain_dataset("imagenet_fh", data_dir=tmp_path, batch_size=1,
-                                  image_size=32, repeat=False, shuffle=False, stats=stats)
+    stats = PipelineStats()
+    ds = pretrain.make_pretrain_dataset(*configs("imagenet_fh", path=str(tmp_path),
+                                                 image_size=32),
+                                        batch_size=1, repeat=False, shuffle=False, stats=stats)
     batches = list(ds)
     assert len(batches) == 2 and all(int(b["label"][0]) == 2 for b in batches)
     assert stats.skipped == 1 and "cut.jpg" in stats.skipped_names[0]

@@ -9,6 +9,7 @@ import pathlib
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 
@@ -507,6 +508,54 @@ def test_local_failure_stops_the_others(tmp_path):
     assert result.returncode == 3
     assert "process 1 exited with status 3" in result.stderr
     assert time.monotonic() - start < 20, "the surviving processes were not stopped"
+
+
+def scripted_python(tmp_path: pathlib.Path, scripts: dict[str, str]) -> pathlib.Path:
+    """A stand-in python that runs ``scripts[DETCON_PROCESS_ID]`` (bash) in ``tmp_path``."""
+    for pid, body in scripts.items():
+        (tmp_path / f"process{pid}.sh").write_text(body)
+    return write_executable(
+        tmp_path / "python",
+        f'#!/usr/bin/env bash\ncd {tmp_path}\nexec bash "process$DETCON_PROCESS_ID.sh"\n')
+
+
+def test_local_waits_for_every_process_and_exits_with_the_first_failure(tmp_path):
+    # Process 1 dies of SIGKILL; process 0 plays a JAX process whose peer is gone: it
+    # ignores SIGTERM (JAX's preemption notifier takes it) and exits with status 4 by itself.
+    # (It lets go of the output pipes, which would otherwise keep `run` waiting for it.)
+    python = scripted_python(tmp_path, {
+        "0": "exec >/dev/null 2>&1\ntrap 'echo TERM >> got' TERM\nsleep 3\n"
+             "echo finished > done\nexit 4\n",
+        "1": "sleep 0.5\nkill -KILL $$\n",
+    })
+    result = run("local.sh", *LOCAL_ARGS, f"--python={python}", "--processes=2")
+    assert (tmp_path / "done").exists(), "local.sh returned while a process was still running"
+    assert (tmp_path / "got").read_text() == "TERM\n"
+    assert result.returncode == 137, result.stderr
+    assert "process 1 exited with status 137; stopping the others" in result.stderr
+    assert "process 0 exited with status 4\n" in result.stderr
+
+
+def test_local_forwards_sigterm_and_waits_for_the_checkpoints(tmp_path):
+    # SIGTERM to local.sh reaches every process (training: checkpoint, exit 0) and local.sh
+    # returns when they have, with their status.
+    body = ("trap 'sleep 1; echo saved > saved$DETCON_PROCESS_ID; exit 0' TERM\n"
+            "touch started$DETCON_PROCESS_ID\nwhile :; do sleep 0.1; done\n")
+    python = scripted_python(tmp_path, {"0": body, "1": body})
+    proc = subprocess.Popen(["bash", str(LAUNCH / "local.sh"), *LOCAL_ARGS,
+                             f"--python={python}", "--processes=2"],
+                            cwd=REPO, env=clean_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"started{i}").exists() for i in range(2)):
+            assert time.monotonic() < deadline and proc.poll() is None, "processes did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert all((tmp_path / f"saved{i}").read_text() == "saved\n" for i in range(2))
 
 
 def test_tpu_stop_kills_the_run(tmp_path):

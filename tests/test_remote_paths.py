@@ -70,10 +70,10 @@ def _abstract() -> dict:
 
 def test_checkpoints_save_restore_and_latest_step_in_a_bucket(bucket_dir):
     directory = f"{bucket_dir}/checkpoints"
-    saver = checkpoint.Checkpointer(directory, every_steps=2, keep=2, signature={"m": 1})
+    saver = checkpoint.Checkpointer(directory, keep=2, signature={"m": 1})
     try:
         for step in (1, 2, 3, 4, 6):
-            saver.save(step, _state(step), data_position=10 * step, force=step == 3)
+            saver.save(step, _state(step), data_position=10 * step)
         saver.wait()
         assert saver.latest_step() == 6
         state, meta = saver.restore(_abstract())
@@ -81,7 +81,7 @@ def test_checkpoints_save_restore_and_latest_step_in_a_bucket(bucket_dir):
         assert meta["data_position"] == 60 and int(state["count"]) == 6
     finally:
         saver.close()
-    # Cadence (every 2, plus the forced 3) and keep=2 happened in the bucket.
+    # Every save and keep=2 happened in the bucket (the trainer owns the cadence).
     assert checkpoint.complete_steps(directory) == [4, 6]
     assert _names(directory) == ["4", "6"]
     assert checkpoint.check_workdir_compatible(directory, {"m": 1}) == 6
@@ -96,7 +96,7 @@ import jax.numpy as jnp
 from orbax.checkpoint._src.path import atomicity
 from detcon_jax import checkpoint
 
-saver = checkpoint.Checkpointer(sys.argv[1], every_steps=1, keep=3, signature={"m": 1})
+saver = checkpoint.Checkpointer(sys.argv[1], keep=3, signature={"m": 1})
 saver.save(1, {"w": jnp.full((3, 4), 1.0), "count": jnp.asarray(1)}, data_position=1)
 saver.wait()
 
@@ -123,7 +123,7 @@ def test_interrupted_save_in_a_bucket_is_ignored_and_redone(bucket_dir):
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         features._resolve_state_dir(f"{directory}/2", None)
 
-    saver = checkpoint.Checkpointer(directory, every_steps=1, keep=3, signature={"m": 1})
+    saver = checkpoint.Checkpointer(directory, keep=3, signature={"m": 1})
     try:
         assert saver.latest_step() == 1
         state, meta = saver.restore(_abstract())

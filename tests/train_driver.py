@@ -9,23 +9,18 @@ state's leaves (process 0 only).
 
     python tests/train_driver.py --out=/tmp/r.npz --steps=3 [--image_size=96]
         [--num_processes=2 --process_id=0 --port=12345]
+
+Without ``--num_processes`` it joins the job that ``DETCON_NUM_PROCESSES``,
+``DETCON_PROCESS_ID`` and ``JAX_COORDINATOR_ADDRESS`` describe, as the train CLI does
+(``launch/local.sh`` sets them).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import pathlib
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_smoke_config():
-    spec = importlib.util.spec_from_file_location("smoke", REPO / "experiments" / "smoke.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from conftest import smoke_config
 
 
 def global_batches(steps: int, batch: int, size: int, seed: int = 0):
@@ -64,13 +59,18 @@ def main() -> None:
         jax.distributed.initialize(
             coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
             process_id=args.process_id)
+    else:
+        # Started by launch/local.sh: the job is in the environment, as for the train CLI.
+        from detcon_jax import distributed
+
+        distributed.maybe_initialize(requested=False)
     import numpy as np
 
     from detcon_jax import config as config_lib
     from detcon_jax import sharding
     from detcon_jax import step as step_lib
 
-    config = load_smoke_config()
+    config = smoke_config()
     config.data.image_size = args.image_size
     config.method = args.method
     if args.method in ("byol", "simclr"):

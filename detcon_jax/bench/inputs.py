@@ -1,17 +1,11 @@
 """Input-side throughput: the tf.data pre-training pipeline and Felzenszwalb mask generation.
 
-Usage (the same flags as ``python -m detcon_jax.bench pipeline|fh``)::
-
-  python -m detcon_jax.bench_input pipeline [--batch_size=32] [--image_size=224] [--cache]
-      [--data_dir=SHARDS --split=train]
-  python -m detcon_jax.bench_input fh [--workers=1] [--data_dir=IMAGES --max_images=20]
-
-Each prints one JSON line with ``img_per_s``. The images are scikit-image's bundled colour
-photos, resized to ImageNet's typical 375 x 500 and JPEG-encoded, so nothing is downloaded.
-``pipeline`` reads them from TFRecords in the official ImageNet-FH layout (written to a
-temporary folder first) and measures decode + two views + masks + batching; ``fh`` measures
-decode + Felzenszwalb (scale 1000, min_size 1000) per image. ``--data_dir`` measures your own
-data instead: ImageNet-FH shards (``pipeline``) or an image folder (``fh``).
+The images are scikit-image's bundled colour photos, resized to ImageNet's typical 375 x 500
+and JPEG-encoded, so nothing is downloaded. ``pipeline`` reads them from TFRecords in the
+official ImageNet-FH layout (written to a temporary folder first) and measures decode + two
+views + masks + batching; ``fh`` measures decode + Felzenszwalb (scale 1000, min_size 1000)
+per image. ``data_dir`` measures your own data instead: ImageNet-FH shards (``pipeline``) or
+an image folder (``fh``).
 """
 
 from __future__ import annotations
@@ -22,6 +16,7 @@ import tempfile
 import time
 
 from detcon_jax import fh_masks
+from detcon_jax.bench.common import host_info, log, peak_rss_mb
 
 BENCH_SHAPE = (375, 500)  # typical ImageNet image
 
@@ -31,14 +26,14 @@ def bench_images(shape: tuple[int, int] = BENCH_SHAPE) -> list[tuple[str, bytes]
     import skimage
     import tensorflow as tf
 
-    from detcon_jax import input_pipeline
+    from detcon_jax import data
 
     out = []
-    for name in input_pipeline.SKIMAGE_PHOTOS:
+    for name in data.SKIMAGE_PHOTOS:
         path = pathlib.Path(skimage.data_dir) / name
         if not path.is_file():
             continue
-        image = input_pipeline.decode_image(path.read_bytes())
+        image = data.decode_image(path.read_bytes())
         image = tf.image.resize(image, shape, antialias=True)
         image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         out.append((pathlib.Path(name).stem + ".jpg", tf.io.encode_jpeg(image, quality=90)
@@ -56,7 +51,7 @@ def _write_folder(directory: pathlib.Path) -> pathlib.Path:
 def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: int = 50,
                    warmup_batches: int = 10, threads: int | None = None,
                    cache: bool = False, data_dir: str | os.PathLike | None = None,
-                   split: str = "train") -> dict:
+                   split: str = "train", deterministic: bool = False) -> dict:
     """Images/s of ``make_pretrain_dataset('imagenet_fh')`` (two views + masks) on this host.
 
     Also ``cpu_ms_per_img``: CPU time of this process (all threads) per image, which depends
@@ -72,6 +67,9 @@ def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: 
     ``data_dir``: read these ImageNet-FH shards (``{split}-*-of-*``, e.g. written by
     ``python -m detcon_jax.fh_masks``) instead of generating the bundled photos' records.
     """
+    log(f"pipeline: {image_size}px, batch {batch_size}, {num_batches} batches"
+        + (", parsed records cached in memory" if cache else "")
+        + (f", shards {data_dir}/{split}-*" if data_dir else ""))
     with tempfile.TemporaryDirectory() as tmp:
         records = data_dir
         if records is None:
@@ -79,27 +77,33 @@ def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: 
             fh_masks.generate(_write_folder(pathlib.Path(tmp) / "src"), records, split=split,
                               workers=0, progress=False)
         elapsed, cpu = _time_pipeline(records, split, batch_size, image_size, num_batches,
-                                      warmup_batches, threads, cache)
+                                      warmup_batches, threads, cache, deterministic)
     count = num_batches * batch_size
     result = {"name": "input_pipeline", "img_per_s": count / elapsed,
               "cpu_ms_per_img": 1e3 * cpu / count, "batch_size": batch_size,
-              "image_size": image_size, "cache": cache, "cpu_count": os.cpu_count()}
+              "image_size": image_size, "cache": cache,
+              "deterministic": deterministic}
     if data_dir is None:
         result["image_shape"] = list(BENCH_SHAPE)
     else:
         result.update(data_dir=str(data_dir), split=split)
-    return result
+    return {**result, "peak_rss_mb": peak_rss_mb(), **host_info()}
 
 
 def _time_pipeline(records, split, batch_size, image_size, num_batches, warmup_batches,
-                   threads, cache) -> tuple[float, float]:
+                   threads, cache, deterministic) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of ``num_batches`` after ``warmup_batches``."""
-    from detcon_jax import input_pipeline
+    from ml_collections import ConfigDict
 
-    ds = input_pipeline.make_pretrain_dataset(
-        "imagenet_fh", data_dir=records, split=split, batch_size=batch_size,
-        image_size=image_size, mask_source="fh", shuffle_buffer=10 * batch_size, seed=0,
-        threads=threads, cache=cache)
+    from detcon_jax import data
+
+    pipeline = ConfigDict(dict(
+        source="imagenet_fh", path=str(records), split=split, image_size=image_size,
+        shuffle_buffer=10 * batch_size, cache=cache, deterministic=deterministic, fh_scale=1000.0,
+        fh_min_size=1000))
+    masks = ConfigDict(dict(source="fh", grid_size=4, fh_index=0))
+    ds = data.make_pretrain_dataset(pipeline, masks, batch_size=batch_size,
+                                    stats=data.PipelineStats(), seed=0, threads=threads)
     it = ds.as_numpy_iterator()
     for _ in range(warmup_batches):
         next(it)
@@ -121,9 +125,10 @@ def bench_fh(*, workers: int = 1, repeats: int = 2, data_dir: str | os.PathLike 
     ``data_dir``: the first ``max_images`` images of this folder (flat, ``images/`` or class
     sub-folders, as ``fh_masks`` reads it) instead of the bundled photos.
     """
+    what = f"up to {max_images} images of {data_dir}" if data_dir else "the bundled photos"
+    log(f"fh: {workers} worker(s), {repeats} pass(es) over {what}")
     settings = [(1000.0, 1000)]
-    result = {"name": "fh_masks", "workers": workers, "cpu_count": os.cpu_count(),
-              "scale": 1000, "min_size": 1000}
+    result = {"name": "fh_masks", "workers": workers, "scale": 1000, "min_size": 1000}
     if data_dir is None:
         items = [fh_masks.Item(name=n, record=fh_masks.make_example(
             d, None, label=0, filename=n, height=BENCH_SHAPE[0], width=BENCH_SHAPE[1]))
@@ -162,16 +167,4 @@ def bench_fh(*, workers: int = 1, repeats: int = 2, data_dir: str | os.PathLike 
             pool.close()
             pool.join()
     result.update(img_per_s=count / elapsed, images=count)
-    return result
-
-
-def main(argv=None) -> int:
-    """``python -m detcon_jax.bench_input pipeline|fh ...``: the same command line as
-    ``python -m detcon_jax.bench pipeline|fh`` (one parser, in ``bench``)."""
-    from detcon_jax import bench
-
-    return bench.main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return {**result, "peak_rss_mb": peak_rss_mb(), **host_info()}

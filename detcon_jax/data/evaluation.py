@@ -1,0 +1,176 @@
+"""Evaluation builders: labelled images for linear/k-NN evaluation, images with dense labels
+for segmentation. One view per image (``geometry.one_view``); evaluation passes keep file
+order and pad the last batch (``valid`` marks real examples)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from detcon_jax.data import framing, geometry, sources
+from detcon_jax.data.options import dataset_options
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def pad_batch(batch: dict[str, tf.Tensor], batch_size: int) -> dict[str, tf.Tensor]:
+    """Pads a partial batch to ``batch_size`` with zeros; ``valid`` marks real examples."""
+    n = tf.shape(batch["label"])[0]
+    out = {"valid": tf.pad(tf.ones([n], tf.bool), [[0, batch_size - n]])}
+    for key, value in batch.items():
+        pads = [[0, batch_size - n]] + [[0, 0]] * (value.shape.rank - 1)
+        padded = tf.pad(value, pads)
+        padded.set_shape([batch_size] + value.shape.as_list()[1:])
+        out[key] = padded
+    out["valid"].set_shape([batch_size])
+    return out
+
+
+def _finish_eval(ds, train, shuffle_buffer, seed):
+    """Shuffle + repeat for training; then one stateless seed pair per element, so that a
+    single ordered pass with ``crop='random'`` is a reproducible augmented pass."""
+    if train:
+        ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
+    seeds = tf.data.Dataset.random(seed=seed if seed is not None else (None if train else 0))
+    return tf.data.Dataset.zip((ds, seeds.batch(2)))
+
+
+def _batch(ds, batch_size, train, deterministic):
+    if train:
+        ds = ds.batch(batch_size, drop_remainder=True)
+    else:
+        ds = ds.batch(batch_size).map(lambda b: pad_batch(b, batch_size))
+    return ds.prefetch(AUTOTUNE).with_options(dataset_options(deterministic or not train, None))
+
+
+def make_eval_dataset(
+    source: str,
+    *,
+    batch_size: int,
+    stats: framing.PipelineStats,
+    image_size: int = 224,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    tfds_name: str | None = None,
+    train: bool = False,
+    crop: str = "center",
+    crop_padding: int = 32,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 10_000,
+    seed: int | None = None,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
+    """Labelled images for linear evaluation.
+
+    Args:
+      source: ``folder`` (``data_dir/split/CLASS/*.jpg|png``, classes in sorted order, e.g.
+        the CIFAR-10 layout) or ``tfds`` (``tfds_name`` with ``image`` and ``label``).
+      batch_size: per-host batch size.
+      stats: where skipped corrupt images are counted (the caller's own object).
+      image_size: output side S.
+      train: random crop + flip, shuffled and repeated (linear-probe training); otherwise one
+        pass in file order with ``crop`` (``center``: the official centre crop with
+        ``crop_padding``; ``resize``: the whole image; ``random``: random crop + flip,
+        reproducible with ``seed``, e.g. for augmented feature passes) and the last batch
+        padded.
+      process_index, process_count: this host's shard.
+      shuffle_buffer, seed: the training shuffle; ``seed`` also keys the crops.
+      deterministic: fixed element order in training mode (evaluation passes always are).
+
+    Returns:
+      Dicts of ``image`` float32 ``[b, S, S, 3]`` in [0, 1], ``label`` int32 ``[b]`` and, in
+      eval mode, ``valid`` bool ``[b]`` (False on padding).
+    """
+    shard = sources.Shard(process_index, process_count)
+    if source == "folder":
+        files, labels, _ = sources.class_folder_files(pathlib.Path(data_dir) / split)
+        pairs = shard.select(list(zip(files, labels, strict=True)),
+                             f"eval folder {data_dir}/{split}")
+        paths, labels = zip(*pairs, strict=True)
+        ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
+        ds = ds.map(lambda p, y: sources.example(tf.io.read_file(p), None, y, p))
+        ds = framing.filter_valid(ds, stats)
+    elif source == "tfds":
+        items, load = sources.TfdsSource(tfds_name, data_dir=data_dir, split=split).listing(
+            shard, shuffle_files=train, seed=seed or 0)
+        ds = items.map(load)
+    else:
+        raise ValueError(f"eval source must be folder or tfds, got {source!r}")
+    ds = _finish_eval(ds, train, shuffle_buffer, seed)
+    view_crop = "random" if train else crop
+
+    def preprocess(ex, element_seed):
+        image, _ = geometry.one_view(ex["image"], None, image_size=image_size, crop=view_crop,
+                                     crop_padding=crop_padding, seed=element_seed,
+                                     name=ex["name"])
+        return {"image": image, "label": ex["label"]}
+
+    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+    return _batch(ds, batch_size, train, deterministic)
+
+
+def make_segmentation_dataset(
+    data_dir: str | os.PathLike,
+    *,
+    batch_size: int,
+    stats: framing.PipelineStats,
+    image_size: int = 224,
+    split: str = "train",
+    train: bool = False,
+    crop: str = "resize",
+    ignore_label: int = 255,
+    void_ids: Sequence[int] = (),
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 1000,
+    seed: int | None = None,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
+    """Images with dense labels from ``data_dir/split/{images,labels}`` (CamVid layout).
+
+    Images are resized bicubic and labels nearest, both with the same geometry: ``train`` uses
+    the pre-training random crop + flip; evaluation uses ``crop='resize'`` (whole image
+    squashed to S x S, default; nothing is cut away) or ``'center'`` (official centre crop).
+    Label values listed in ``void_ids`` (e.g. CamVid's 11 'Unlabelled') become
+    ``ignore_label``. Other arguments as in `make_eval_dataset`.
+
+    Returns:
+      Dicts of ``image`` float32 ``[b, S, S, 3]``, ``label`` int32 ``[b, S, S]`` and, in eval
+      mode, ``valid`` bool ``[b]``.
+    """
+    shard = sources.Shard(process_index, process_count)
+    root = pathlib.Path(data_dir) / split
+    images = sources.list_images(root / "images") if (root / "images").is_dir() else []
+    if not images:
+        raise FileNotFoundError(f"segmentation dataset: no images in {root / 'images'}")
+    labels = [root / "labels" / (p.stem + ".png") for p in images]
+    for label in labels:
+        if not label.is_file():
+            raise FileNotFoundError(f"segmentation dataset: label {label} is missing")
+    pairs = shard.select(list(zip(map(str, images), map(str, labels), strict=True)),
+                         f"segmentation {root}")
+    paths, label_paths = zip(*pairs, strict=True)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths)))
+    ds = ds.map(lambda p, q: sources.example(
+        tf.io.read_file(p), tf.io.decode_png(tf.io.read_file(q), channels=1), -1, p))
+    ds = framing.filter_valid(ds, stats)
+    ds = _finish_eval(ds, train, shuffle_buffer, seed)
+    void = tf.constant(list(void_ids) or [-1], tf.int32)
+
+    def preprocess(ex, element_seed):
+        # Labels ride through as the uint8 mask of one_view (ids < 256).
+        image, label = geometry.one_view(ex["image"], ex["mask"], image_size=image_size,
+                                         crop="random" if train else crop, crop_padding=32,
+                                         seed=element_seed, name=ex["name"])
+        label = tf.cast(label[..., 0], tf.int32)
+        is_void = tf.reduce_any(tf.equal(label[..., None], void), axis=-1)
+        label = tf.where(is_void, ignore_label, label)
+        return {"image": image, "label": label}
+
+    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+    return _batch(ds, batch_size, train, deterministic)

@@ -1,0 +1,41 @@
+"""The reproduction's error type, console log and JSON files."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Any
+
+
+class ReproduceError(RuntimeError):
+    """A bad argument, missing data or a failed stage; reported as one ``error:`` line."""
+
+
+def log(message: str) -> None:
+    """A time-stamped progress line on stdout."""
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[reproduce {stamp}] {message}", flush=True)
+
+
+def duration(seconds: float) -> str:
+    """``12m05s``."""
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when there is no such file."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes ``value`` atomically (a temporary file renamed over ``path``)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
