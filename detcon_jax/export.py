@@ -1,7 +1,9 @@
 """Renames and re-lays-out ResNet encoder weights for PyTorch: torchvision and detectron2.
 
-Pure numpy: nothing here needs JAX, torch or detectron2 (torch is imported lazily, only by
-`apply_tf_same_padding`).
+Pure numpy: nothing here needs JAX, torch or detectron2. The PyTorch-side helpers
+(`apply_tf_same_padding`, `add_layer1_projection`) live in ``detcon_jax.torch_resnet``, a
+file that imports only torch so that it can be copied into an environment without
+detcon_jax; they are re-exported here.
 
 Flax (``detcon_jax.model.ResNet``, Haiku-mirroring names) -> torchvision ``ResNet``:
 
@@ -44,11 +46,16 @@ from typing import Any
 
 import numpy as np
 
+from detcon_jax.torch_resnet import add_layer1_projection, apply_tf_same_padding, tf_same_padding
+
 __all__ = [
+    "DETECTRON2_PICKLE_PROTOCOL",
     "TORCHVISION_RESNETS",
+    "add_layer1_projection",
     "apply_tf_same_padding",
     "detectron2_name",
     "flax_to_torchvision",
+    "needs_layer1_projection",
     "save_detectron2",
     "tf_same_padding",
     "to_detectron2",
@@ -59,21 +66,24 @@ __all__ = [
 
 # torchvision's ResNet family: name -> (blocks per group, bottleneck blocks?).
 TORCHVISION_RESNETS: dict[str, tuple[tuple[int, int, int, int], bool]] = {
-    'resnet18': ((2, 2, 2, 2), False),
-    'resnet34': ((3, 4, 6, 3), False),
-    'resnet50': ((3, 4, 6, 3), True),
-    'resnet101': ((3, 4, 23, 3), True),
-    'resnet152': ((3, 8, 36, 3), True),
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+    "resnet152": ((3, 8, 36, 3), True),
 }
 
 # The fully connected classifier of a torchvision ResNet is not part of the encoder.
-_IGNORED_TORCHVISION = ('fc.weight', 'fc.bias')
+_IGNORED_TORCHVISION = ("fc.weight", "fc.bias")
 
-_BLOCK_LAYER = re.compile(r'(conv|batchnorm)_(\d+)|shortcut_(conv|batchnorm)')
-_PARAM_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
-_STAT_LEAF = {'mean': 'running_mean', 'var': 'running_var', 'counter': 'num_batches_tracked'}
+_BLOCK_LAYER = re.compile(r"(conv|batchnorm)_(\d+)|shortcut_(conv|batchnorm)")
+_PARAM_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+_STAT_LEAF = {"mean": "running_mean", "var": "running_var", "counter": "num_batches_tracked"}
 
 Variables = Mapping[str, Any]
+
+# See save_detectron2.
+DETECTRON2_PICKLE_PROTOCOL = 4
 
 
 def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -98,33 +108,33 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
 
 def _module_names(module: tuple[str, ...]) -> tuple[str, str]:
     """Flax module path -> (torchvision module, detectron2 module); ValueError if not a ResNet's."""
-    where = '/'.join(module)
-    if module == ('initial_conv',):
-        return 'conv1', 'stem.conv1'
-    if module == ('initial_batchnorm',):
-        return 'bn1', 'stem.conv1.norm'
-    group = re.fullmatch(r'block_group_(\d+)', module[0]) if len(module) == 3 else None
-    block = re.fullmatch(r'block_(\d+)', module[1]) if group else None
+    where = "/".join(module)
+    if module == ("initial_conv",):
+        return "conv1", "stem.conv1"
+    if module == ("initial_batchnorm",):
+        return "bn1", "stem.conv1.norm"
+    group = re.fullmatch(r"block_group_(\d+)", module[0]) if len(module) == 3 else None
+    block = re.fullmatch(r"block_(\d+)", module[1]) if group else None
     layer = _BLOCK_LAYER.fullmatch(module[2]) if block else None
     if not layer or int(group.group(1)) > 3:
-        raise ValueError(f'Flax module {where!r} is not part of a detcon_jax ResNet encoder')
+        raise ValueError(f"Flax module {where!r} is not part of a detcon_jax ResNet encoder")
     i, j = int(group.group(1)), int(block.group(1))
-    tv, d2 = f'layer{i + 1}.{j}.', f'res{i + 2}.{j}.'
-    if layer.group(1) == 'conv':
+    tv, d2 = f"layer{i + 1}.{j}.", f"res{i + 2}.{j}."
+    if layer.group(1) == "conv":
         k = int(layer.group(2)) + 1
-        return f'{tv}conv{k}', f'{d2}conv{k}'
-    if layer.group(1) == 'batchnorm':
+        return f"{tv}conv{k}", f"{d2}conv{k}"
+    if layer.group(1) == "batchnorm":
         k = int(layer.group(2)) + 1
-        return f'{tv}bn{k}', f'{d2}conv{k}.norm'
-    if layer.group(3) == 'conv':
-        return f'{tv}downsample.0', f'{d2}shortcut'
-    return f'{tv}downsample.1', f'{d2}shortcut.norm'
+        return f"{tv}bn{k}", f"{d2}conv{k}.norm"
+    if layer.group(3) == "conv":
+        return f"{tv}downsample.0", f"{d2}shortcut"
+    return f"{tv}downsample.1", f"{d2}shortcut.norm"
 
 
 def _leaf_name(collection: str, leaf: str, where: str) -> str:
-    table = _PARAM_LEAF if collection == 'params' else _STAT_LEAF
-    if collection not in ('params', 'batch_stats') or leaf not in table:
-        raise ValueError(f'Flax variable {collection}/{where} has no torchvision counterpart')
+    table = _PARAM_LEAF if collection == "params" else _STAT_LEAF
+    if collection not in ("params", "batch_stats") or leaf not in table:
+        raise ValueError(f"Flax variable {collection}/{where} has no torchvision counterpart")
     return table[leaf]
 
 
@@ -142,24 +152,24 @@ def detectron2_name(collection: str, path: tuple[str, ...]) -> str:
 
 def _to_torch_layout(collection: str, path: tuple[str, ...], value: Any) -> np.ndarray:
     value = np.asarray(value)
-    if path[-1] == 'kernel':
+    if path[-1] == "kernel":
         if value.ndim != 4:
             raise ValueError(f'{collection}/{"/".join(path)}: expected an HWIO conv kernel, got '
                              f'shape {value.shape}')
         return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
-    if path[-1] == 'counter':
+    if path[-1] == "counter":
         return np.asarray(value, np.int64).reshape(())
     return np.ascontiguousarray(value.reshape(-1))
 
 
 def _encoder_collections(variables: Variables) -> dict[str, Mapping[str, Any]]:
-    if not isinstance(variables, Mapping) or 'params' not in variables:
+    if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError("expected ResNet encoder variables {'params', 'batch_stats'}")
-    unknown = sorted(set(variables) - {'params', 'batch_stats'})
+    unknown = sorted(set(variables) - {"params", "batch_stats"})
     if unknown:
-        raise ValueError(f'unexpected variable collection {unknown[0]!r} (expected params and '
-                         f'batch_stats of a ResNet encoder)')
-    return {c: variables[c] for c in ('params', 'batch_stats') if c in variables}
+        raise ValueError(f"unexpected variable collection {unknown[0]!r} (expected params and "
+                         f"batch_stats of a ResNet encoder)")
+    return {c: variables[c] for c in ("params", "batch_stats") if c in variables}
 
 
 def _convert(variables: Variables, namer) -> dict[str, np.ndarray]:
@@ -202,119 +212,101 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], *, template: Variables
             used.add(name)
             value = _as_numpy(state_dict[name])
             want = tuple(leaf.shape)
-            if path[-1] == 'kernel':
+            if path[-1] == "kernel":
                 value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
             else:
                 value = value.reshape(want) if value.size == int(np.prod(want)) else value
             if tuple(value.shape) != want:
-                raise ValueError(f'state_dict: key {name} has shape {tuple(value.shape)} '
-                                 f'in Flax layout, the template expects {want}')
+                raise ValueError(f"state_dict: key {name} has shape {tuple(value.shape)} "
+                                 f"in Flax layout, the template expects {want}")
             # np.array, not ascontiguousarray: the latter turns 0-d counters into shape (1,).
-            flat[path] = np.array(value, dtype=np.dtype(leaf.dtype), order='C')
+            flat[path] = np.array(value, dtype=np.dtype(leaf.dtype), order="C")
         result[collection] = _unflatten(flat)
     extra = sorted(set(state_dict) - used)
     if extra:
-        more = f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''
-        raise ValueError(f'state_dict: unexpected key {extra[0]}{more}')
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ValueError(f"state_dict: unexpected key {extra[0]}{more}")
     return result
 
 
 def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, 'detach'):  # a torch tensor
+    if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
     return np.asarray(value)
 
 
-def torchvision_arch(variables: Variables) -> str | None:
+def _structure(variables: Variables) -> dict[str, Any]:
+    """Blocks per group, block type, stem width, projections and output width of an encoder."""
+    params = _encoder_collections(variables)["params"]
+    try:
+        blocks, projection = [], []
+        for i in range(4):
+            group = params[f"block_group_{i}"]
+            blocks.append(sum(1 for j in range(len(group)) if f"block_{j}" in group))
+            projection.append("shortcut_conv" in group["block_0"])
+        bottleneck = "conv_2" in params["block_group_0"]["block_0"]
+        last = params["block_group_3"]["block_0"]["conv_2" if bottleneck else "conv_1"]
+        return {"blocks": tuple(blocks), "bottleneck": bottleneck, "projection": projection,
+                "stem": int(np.shape(params["initial_conv"]["kernel"])[-1]),
+                "out_channels": int(np.shape(last["kernel"])[-1])}
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"variables are not a detcon_jax ResNet encoder (missing {err})") from err
+
+
+def needs_layer1_projection(variables: Variables) -> bool:
+    """True for a basic-block encoder with a projection shortcut in its first group.
+
+    The official DetCon torso (and ours by default) projects in the first block of every
+    group; torchvision's ResNet-18/34 have no ``layer1.0.downsample`` and detectron2's
+    R18/R34 no ``res2.0.shortcut``. A strict load of such an export into a stock model
+    fails on those six keys and a non-strict one drops the shortcut (wrong features): add
+    the projection first (`add_layer1_projection` for torchvision).
+    """
+    info = _structure(variables)
+    return not info["bottleneck"] and info["projection"][0]
+
+
+def torchvision_arch(variables: Variables, *, layer1_projection: bool = False) -> str | None:
     """Name of the torchvision constructor whose model takes these weights, or None.
 
     torchvision has no width multiplier, and its basic-block ResNets (18, 34) have no
     projection shortcut in ``layer1`` while DetCon's torso has one in every group, so only
     width-1 bottleneck encoders (and basic-block ones built with
-    ``use_projection=(False, True, True, True)``) match a torchvision model exactly.
+    ``use_projection=(False, True, True, True)``) match a stock torchvision model exactly.
+    With ``layer1_projection=True`` a basic-block encoder with a first-group projection
+    matches too: it loads strictly into the named model after `add_layer1_projection`.
     """
-    params = _encoder_collections(variables)['params']
-    try:
-        stem = int(np.shape(params['initial_conv']['kernel'])[-1])
-        blocks, projection = [], []
-        for i in range(4):
-            group = params[f'block_group_{i}']
-            blocks.append(sum(1 for j in range(len(group)) if f'block_{j}' in group))
-            projection.append('shortcut_conv' in group['block_0'])
-        bottleneck = 'conv_2' in params['block_group_0']['block_0']
-        last = params['block_group_3']['block_0']['conv_2' if bottleneck else 'conv_1']
-        out_channels = int(np.shape(last['kernel'])[-1])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f'variables are not a detcon_jax ResNet encoder (missing {err})') from err
+    info = _structure(variables)
     for name, (want_blocks, want_bottleneck) in TORCHVISION_RESNETS.items():
         want_projection = [True] * 4 if want_bottleneck else [False, True, True, True]
-        if (tuple(blocks) == want_blocks and bottleneck == want_bottleneck and stem == 64
-                and projection == want_projection
-                and out_channels == (2048 if bottleneck else 512)):
+        if layer1_projection and not want_bottleneck:
+            want_projection = [info["projection"][0], True, True, True]
+        if (info["blocks"] == want_blocks and info["bottleneck"] == want_bottleneck
+                and info["stem"] == 64 and info["projection"] == want_projection
+                and info["out_channels"] == (2048 if want_bottleneck else 512)):
             return name
     return None
 
 
-def to_detectron2(variables: Variables, *, author: str = 'detcon_jax') -> dict[str, Any]:
+def to_detectron2(variables: Variables, *, author: str = "detcon_jax") -> dict[str, Any]:
     """Encoder variables -> the ``.pkl`` payload detectron2's ``DetectionCheckpointer`` loads.
 
     ``{'model': {detectron2 name: ndarray}, '__author__': author, 'matching_heuristics':
     True}``; names as produced by detectron2's ``convert-torchvision-to-d2.py`` (``stem.*``,
     ``res2``..``res5``), which the checkpointer matches to ``backbone.bottom_up.*``.
     """
-    return {'model': _convert(variables, detectron2_name), '__author__': author,
-            'matching_heuristics': True}
+    return {"model": _convert(variables, detectron2_name), "__author__": author,
+            "matching_heuristics": True}
 
 
 def save_detectron2(payload: Mapping[str, Any], path: str) -> None:
-    """Pickles a `to_detectron2` payload; detectron2 only reads this layout from ``.pkl``."""
-    if not str(path).endswith('.pkl'):
-        raise ValueError(f'{path}: detectron2 reads this layout only from a file ending in .pkl')
-    with open(path, 'wb') as f:
-        pickle.dump(dict(payload), f, protocol=pickle.HIGHEST_PROTOCOL)
+    """Pickles a `to_detectron2` payload; detectron2 only reads this layout from ``.pkl``.
 
-
-def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """(before, after) padding of TF/Haiku/Flax ``SAME`` along one axis of length ``size``.
-
-    Output length is ``ceil(size / stride)``; the total padding is split with the extra
-    pixel after. E.g. kernel 7 stride 2: (2, 3) on even sizes, (3, 3) on odd ones, where
-    PyTorch's ``padding=3`` always gives (3, 3).
+    Pickle protocol `DETECTRON2_PICKLE_PROTOCOL` (4): numpy 2 pickles arrays under protocol 5
+    through ``numpy._core.numeric._frombuffer``, which numpy 1.x (still common beside
+    detectron2) cannot import; protocol 4 arrays load in numpy >= 1.26 and 2.x.
     """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-def apply_tf_same_padding(model: Any) -> Any:
-    """Makes a torchvision ResNet pad its strided layers as TF ``SAME`` (in place; returns it).
-
-    Every ``Conv2d`` and ``MaxPool2d`` with stride > 1 gets ``padding=0`` and a forward
-    pre-hook that pads its input by `tf_same_padding` of the input's size (zeros for
-    convolutions, -inf for max-pooling), so the model computes exactly our features for any
-    input size. ``state_dict`` keys are unchanged. Needs torch.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    def hook_for(kernel: tuple[int, int], stride: tuple[int, int], value: float):
-        def pad(_module, inputs):
-            x = inputs[0]
-            top, bottom = tf_same_padding(int(x.shape[-2]), kernel[0], stride[0])
-            left, right = tf_same_padding(int(x.shape[-1]), kernel[1], stride[1])
-            return (F.pad(x, (left, right, top, bottom), value=value), *inputs[1:])
-        return pad
-
-    def pair(v: Any) -> tuple[int, int]:
-        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d) and max(pair(module.stride)) > 1:
-            module.padding = (0, 0)
-            module.register_forward_pre_hook(
-                hook_for(pair(module.kernel_size), pair(module.stride), 0.0))
-        elif isinstance(module, torch.nn.MaxPool2d) and max(pair(module.stride)) > 1:
-            module.padding = 0
-            module.register_forward_pre_hook(
-                hook_for(pair(module.kernel_size), pair(module.stride), float('-inf')))
-    return model
+    if not str(path).endswith(".pkl"):
+        raise ValueError(f"{path}: detectron2 reads this layout only from a file ending in .pkl")
+    with open(path, "wb") as f:
+        pickle.dump(dict(payload), f, protocol=DETECTRON2_PICKLE_PROTOCOL)

@@ -94,11 +94,13 @@ def load_state(step_dir: pathlib.Path) -> dict:
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
+    from etils import epath
 
     args = ocp.args.StandardRestore(
         fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        tree = checkpointer.restore(pathlib.Path(step_dir) / "state", args=args)
+        # epath: a checkpoint in a bucket (gs://) as well as a local one.
+        tree = checkpointer.restore(epath.Path(step_dir) / "state", args=args)
     return {jax.tree_util.keystr(p): np.asarray(v)
             for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -108,6 +110,21 @@ def checkpoint_steps(ckpt_dir: pathlib.Path) -> list[int]:
     if not ckpt_dir.is_dir():
         return []
     return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+
+
+def tensorboard_scalars(logdir: os.PathLike, tag: str) -> dict[int, float]:
+    """Values of the scalar ``tag`` by step, read from every event file under ``logdir``."""
+    import tensorflow as tf
+
+    values: dict[int, float] = {}
+    for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = (float(tf.make_ndarray(value.tensor))
+                                          if value.HasField("tensor") else value.simple_value)
+    return values
 
 
 def assert_same_state(got: dict, want: dict, *, rtol: float = 1e-5, atol: float = 1e-6) -> None:
@@ -190,3 +207,29 @@ def image_bytes(array, fmt: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def write_fh_records(path: pathlib.Path, num: int, label: int, *, settings: int = 1) -> None:
+    """Official-layout ImageNet-FH records ``img{i}.png``: PNG images, a 1-based label and
+    ``settings`` Felzenszwalb settings (0: no ``image/felzenszwalb_segmentations``)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rs = np.random.RandomState(0)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i in range(num):
+            image = rs.randint(0, 256, (48, 40, 3)).astype(np.uint8)
+            fh = (np.arange(settings * 48 * 40).reshape(settings, 48, 40) // 480).astype(np.uint8)
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[tf.io.encode_png(image).numpy()])),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
+                    value=[label])),
+                "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[f"img{i}.png".encode()])),
+            }
+            if settings:
+                feature["image/felzenszwalb_segmentations"] = tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[fh.tobytes()]))
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())

@@ -2,12 +2,35 @@
 
 import pathlib
 
+import numpy as np
 import tensorflow as tf
 from ml_collections import ConfigDict
+from scipy import ndimage
 
 from detcon_jax.data import sources
 
 SIZE = 96  # output side for the property tests (small: 2 shared CPU cores)
+
+# Colours that code region ids in the alignment images (id k is painted PALETTE[k]).
+PALETTE = np.array([[r, g, b] for r in (30, 140, 250) for g in (30, 140, 250)
+                    for b in (30, 140, 250)], np.float32)[:12]
+
+
+def decode_ids(view):
+    """Nearest palette colour per pixel -> region id."""
+    dist = ((view[..., None, :] * 255.0 - PALETTE) ** 2).sum(-1)
+    return dist.argmin(-1)
+
+
+def check_view(view, mask, radius=6):
+    """Away from borders of the mask, the decoded colour id equals the mask id."""
+    mask = mask[..., 0].astype(np.int64)
+    interior = (ndimage.maximum_filter(mask, 2 * radius + 1) ==
+                ndimage.minimum_filter(mask, 2 * radius + 1))
+    assert interior.mean() > 0.2
+    decoded = decode_ids(view)
+    np.testing.assert_array_equal(decoded[interior], mask[interior])
+    assert view.min() >= 0.0 and view.max() <= 1.0
 
 
 def configs(source: str, mask_source: str = "fh", *, grid_size: int = 4, fh_index: int = 0,

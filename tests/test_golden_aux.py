@@ -30,8 +30,8 @@ import tensorflow as tf
 from conftest import SHARED
 
 from detcon_jax import augment
-from detcon_jax import input_pipeline as ip
 from detcon_jax import masks as masks_lib
+from detcon_jax.data import geometry as ip
 
 AUX = SHARED / "golden" / "aux"
 SUFFIXES = ("", "_legacy_threefry")
@@ -153,7 +153,7 @@ def test_one_view_end_to_end_is_the_official_one():
         ours_window = ip._windows_from_uniforms(tf.constant([height, width]), tf.constant(u))
         np.testing.assert_array_equal(ours_window.numpy()[0], window, err_msg=case)
         assert (flip_u < 0.5) == bool(d["flipped"])
-        source = ip._Source(tf.constant(d["png_bytes"].tobytes()))
+        source = ip._CropDecoder(tf.constant(d["png_bytes"].tobytes()))
         np.testing.assert_array_equal(source.shape.numpy(), [height, width])
         ((view, view_mask),) = ip._views(source, tf.constant(d["mask"]), tf.constant(window[None]),
                                           tf.constant([bool(d["flipped"])]), d["view"].shape[0])

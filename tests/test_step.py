@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from cli_helpers import STEPS as TOTAL_STEPS  # the train tests' compiled program
 from conftest import smoke_config
+from tolerances import f32_tolerance, max_rel_err
 
+from detcon_jax import augment, losses, sharding
 from detcon_jax import config as config_lib
-from detcon_jax import sharding
 from detcon_jax import step as step_lib
 
 
@@ -69,6 +70,41 @@ def detcon_b():
     return _setup("detcon_b")
 
 
+# float32 error scale of the smoke network (tests/tolerances.py): its longest reduction is a
+# BatchNorm's over the batch's first feature map (8 images x 16 x 16 = 2048 terms) and a
+# value passes ~16 layers (stem, 8 convolutions, shortcuts, projector and predictor). The
+# loss adds the per-example regression terms (8 x 2).
+SIZE = 32
+CELLS = step_lib._feature_size(SIZE) ** 2
+STATS_TOL = f32_tolerance(2048, depth=16)
+LOSS_TOL = f32_tolerance(2048, depth=16 + 1)
+
+
+def _step_views(config, state, batch):
+    """The step's augmented views (its key plumbing: fold_in(rng, step), first of 3 splits)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    configs = [None if c is None else dict(c)
+               for c in (config.augment.view1, config.augment.view2)]
+    return augment.augment_views(jax.random.split(rng, 3)[0], jnp.asarray(batch["view1"]),
+                                 jnp.asarray(batch["view2"]), view1_config=configs[0],
+                                 view2_config=configs[1])
+
+
+def _two_calls(config, params, stats, views, masks):
+    """The official forward: one network call per view in train mode, statistics chained."""
+    network = step_lib.make_network(config)
+
+    @jax.jit
+    def run(params, stats, views, masks):
+        o1, s = network.apply({"params": params, "batch_stats": stats}, views[0], masks[0],
+                              train=True, mutable=["batch_stats"])
+        o2, s = network.apply({"params": params, **s}, views[1], masks[1], train=True,
+                              mutable=["batch_stats"])
+        return (o1, o2), s["batch_stats"]
+
+    return run(params, stats, views, masks)
+
+
 def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
@@ -83,8 +119,9 @@ def test_online_and_target_start_from_different_keys(detcon_b):
 
 
 def test_one_step_update_order_and_bookkeeping(detcon_b):
-    _, schedules, state, train_step = detcon_b
-    new, metrics = train_step(state, _batch(np.arange(8) % 10))
+    config, schedules, state, train_step = detcon_b
+    batch = _batch(np.arange(8) % 10)
+    new, metrics = train_step(state, batch)
     assert int(new.step) == 1
     assert int(new.opt_state[-1].count) == 1  # LR schedule count == training step
     tau = float(schedules.target_ema(0))
@@ -97,15 +134,29 @@ def test_one_step_update_order_and_bookkeeping(detcon_b):
                             state.target_params, new.online_params)
     for got, want in zip(_leaves(new.target_params), _leaves(expected), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    # Online parameters moved; both networks' BatchNorm statistics moved.
+    # Online parameters moved; both networks' BatchNorm moving mean and variance moved
+    # (not only the update counter).
     assert any(not np.array_equal(a, b) for a, b in
                zip(_leaves(state.online_params), _leaves(new.online_params), strict=True))
     for before, after in ((state.online_batch_stats, new.online_batch_stats),
                           (state.target_batch_stats, new.target_batch_stats)):
-        means_before = _leaves(before["encoder"]["initial_batchnorm"])
-        means_after = _leaves(after["encoder"]["initial_batchnorm"])
-        assert any(not np.array_equal(a, b)
-                   for a, b in zip(means_before, means_after, strict=True))
+        for name in ("mean", "var"):
+            old = np.asarray(before["encoder"]["initial_batchnorm"][name])
+            moved = np.asarray(after["encoder"]["initial_batchnorm"][name])
+            assert np.abs(moved - old).max() > 1e-3 * np.abs(old).max(), name
+    # The target ran in train mode on the step's two views: its encoder statistics are
+    # those of the official two consecutive calls (view 1, then view 2; the encoder's do
+    # not depend on the masks), to float32 rounding (STATS_TOL).
+    views = _step_views(config, state, batch)
+    whole = jnp.ones((8, 1, CELLS), jnp.float32)
+    _, want = _two_calls(config, state.target_params, state.target_batch_stats, views,
+                         (whole, whole))
+    got_stats = jax.tree_util.tree_leaves_with_path(new.target_batch_stats["encoder"])
+    for (path, got), ref in zip(got_stats, jax.tree.leaves(want["encoder"]), strict=True):
+        if np.asarray(ref).dtype.kind == "i":
+            assert int(got) == int(ref) == 2, path  # two updates from the init's counter 0
+        else:
+            assert max_rel_err(got, ref) <= STATS_TOL, jax.tree_util.keystr(path)
     for key in ("loss", "repr_loss", "classif_loss", "top1_accuracy", "proj_std",
                 "normalized_proj_std", "pred_std", "normalized_pred_std", "lr", "tau"):
         assert np.isfinite(float(metrics[key])), key
@@ -136,8 +187,26 @@ def test_one_network_methods_have_no_target(method):
 
 
 def test_byol_one_whole_image_mask():
-    _, _, state, train_step = _setup("byol")
-    new, metrics = train_step(state, _batch(np.arange(8) % 10))
-    assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
-    # BYOL's regression loss of unit vectors lies in [0, 8] (two directions, 4 each).
-    assert 0.0 <= float(metrics["repr_loss"]) <= 8.0
+    """BYOL pools each view over one mask, the whole image, whatever the segmentation says;
+    its loss is `byol_loss` of the online predictions and target projections of the
+    official two consecutive calls per network, to float32 rounding (LOSS_TOL of |loss|)."""
+    config, _, state, train_step = _setup("byol")
+    batch = _batch(np.arange(8) % 10)
+    new, metrics = train_step(state, batch)
+    assert int(new.step) == 1
+    # At 96 px (a 3 x 3 feature grid) as at 32 px (1 x 1): one all-ones mask per view.
+    for size in (96, SIZE):
+        segmentation = np.random.RandomState(2).randint(0, 4, (8, size, size, 1))
+        masks, ids = step_lib._sample_view_masks(config, jax.random.PRNGKey(0),
+                                                 jnp.asarray(segmentation, jnp.uint8), size)
+        cells = step_lib._feature_size(size) ** 2
+        np.testing.assert_array_equal(masks, np.ones((8, 1, cells), np.float32))
+        np.testing.assert_array_equal(ids, np.zeros((8, 1), np.int32))
+    views = _step_views(config, state, batch)
+    (o1, o2), _ = _two_calls(config, state.online_params, state.online_batch_stats, views,
+                             (masks, masks))
+    (t1, t2), _ = _two_calls(config, state.target_params, state.target_batch_stats, views,
+                             (masks, masks))
+    expected = float(losses.byol_loss(o1["prediction"], o2["prediction"], t1["projection"],
+                                      t2["projection"]))
+    assert abs(float(metrics["repr_loss"]) - expected) <= LOSS_TOL * abs(expected)

@@ -14,7 +14,6 @@ compiled program for all train tests, see ``cli_helpers``).
 
 from __future__ import annotations
 
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,7 @@ from cli_helpers import (
     resume_workdir,
     run_cli,
     subprocess_env,
+    write_fh_records,
 )
 
 
@@ -62,36 +62,13 @@ def test_workdir_of_another_model_exits_2(full_run):
     assert sorted(str(p) for p in full_run.rglob("*")) == before
 
 
-def _write_fh_records(path: pathlib.Path, num: int, label: int) -> None:
-    """Official-layout ImageNet-FH records: PNG images, a 1-based label, one FH setting."""
-    import tensorflow as tf
-
-    rs = np.random.RandomState(0)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for i in range(num):
-            image = rs.randint(0, 256, (48, 40, 3)).astype(np.uint8)
-            fh = (np.arange(48 * 40).reshape(1, 48, 40) // 480).astype(np.uint8)
-            feature = {
-                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[tf.io.encode_png(image).numpy()])),
-                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(
-                    value=[label])),
-                "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[f"img{i}.png".encode()])),
-                "image/felzenszwalb_segmentations": tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=[fh.tobytes()])),
-            }
-            example = tf.train.Example(features=tf.train.Features(feature=feature))
-            writer.write(example.SerializeToString())
-
-
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(full_run, tmp_path):
     workdir = resume_workdir(full_run, tmp_path, EVERY)
     data = tmp_path / "records"
     data.mkdir()
     # Stored label 1000 -> class 999, beyond the smoke probe's 10 classes: the probe's
     # cross-entropy (and so the loss) is NaN from the first resumed step on. Same program.
-    _write_fh_records(data / "train-00000-of-00001", 16, label=1000)
+    write_fh_records(data / "train-00000-of-00001", 16, label=1000)
     proc = run_cli(workdir, *RUN, "--config.data.source=imagenet_fh",
                    f"--config.data.path={data}", "--config.data.num_examples=64")
     assert proc.returncode == 1, proc.stderr[-4000:]

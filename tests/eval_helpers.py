@@ -1,0 +1,43 @@
+"""Independent numpy restatements of the evaluation figures, to recompute what a CLI reports.
+
+They follow the documented protocols (weighted k-NN of InstDisc / DINO; IoU from a
+confusion matrix) and share no code with ``detcon_jax.evaluate``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def knn_top1(train_x, train_y, test_x, test_y, *, k: int, temperature: float,
+             num_classes: int) -> float:
+    """Top-1 (percent) of the weighted k-NN vote on cosine similarity, in float64.
+
+    Each test row takes its ``k`` most similar training rows; each votes for its label with
+    ``exp(similarity / temperature)``; the largest total wins (ties: the lowest class).
+    """
+    def unit(x):
+        x = np.asarray(x, np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    sim = unit(test_x) @ unit(train_x).T
+    k = min(k, sim.shape[1])
+    neighbours = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    scores = np.zeros((len(sim), num_classes))
+    for row, (idx, sims) in enumerate(zip(neighbours, np.take_along_axis(sim, neighbours, 1),
+                                          strict=True)):
+        np.add.at(scores[row], np.asarray(train_y)[idx], np.exp(sims / temperature))
+    return float(100.0 * np.mean(scores.argmax(axis=1) == np.asarray(test_y)))
+
+
+def iou_percent(confusion) -> tuple[list[float | None], float, float]:
+    """Per-class IoU (percent; None where a class is neither predicted nor labelled), their
+    mean over the defined classes, and pixel accuracy, from ``confusion[label, prediction]``."""
+    confusion = np.asarray(confusion, np.float64)
+    per_class = []
+    for c in range(len(confusion)):
+        tp = confusion[c, c]
+        union = confusion[c, :].sum() + confusion[:, c].sum() - tp
+        per_class.append(None if union == 0 else 100.0 * tp / union)
+    defined = [v for v in per_class if v is not None]
+    return per_class, float(np.mean(defined)), 100.0 * np.trace(confusion) / confusion.sum()
