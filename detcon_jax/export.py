@@ -66,19 +66,19 @@ __all__ = [
 
 # torchvision's ResNet family: name -> (blocks per group, bottleneck blocks?).
 TORCHVISION_RESNETS: dict[str, tuple[tuple[int, int, int, int], bool]] = {
-    'resnet18': ((2, 2, 2, 2), False),
-    'resnet34': ((3, 4, 6, 3), False),
-    'resnet50': ((3, 4, 6, 3), True),
-    'resnet101': ((3, 4, 23, 3), True),
-    'resnet152': ((3, 8, 36, 3), True),
+    "resnet18": ((2, 2, 2, 2), False),
+    "resnet34": ((3, 4, 6, 3), False),
+    "resnet50": ((3, 4, 6, 3), True),
+    "resnet101": ((3, 4, 23, 3), True),
+    "resnet152": ((3, 8, 36, 3), True),
 }
 
 # The fully connected classifier of a torchvision ResNet is not part of the encoder.
-_IGNORED_TORCHVISION = ('fc.weight', 'fc.bias')
+_IGNORED_TORCHVISION = ("fc.weight", "fc.bias")
 
-_BLOCK_LAYER = re.compile(r'(conv|batchnorm)_(\d+)|shortcut_(conv|batchnorm)')
-_PARAM_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
-_STAT_LEAF = {'mean': 'running_mean', 'var': 'running_var', 'counter': 'num_batches_tracked'}
+_BLOCK_LAYER = re.compile(r"(conv|batchnorm)_(\d+)|shortcut_(conv|batchnorm)")
+_PARAM_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+_STAT_LEAF = {"mean": "running_mean", "var": "running_var", "counter": "num_batches_tracked"}
 
 Variables = Mapping[str, Any]
 
@@ -108,33 +108,33 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
 
 def _module_names(module: tuple[str, ...]) -> tuple[str, str]:
     """Flax module path -> (torchvision module, detectron2 module); ValueError if not a ResNet's."""
-    where = '/'.join(module)
-    if module == ('initial_conv',):
-        return 'conv1', 'stem.conv1'
-    if module == ('initial_batchnorm',):
-        return 'bn1', 'stem.conv1.norm'
-    group = re.fullmatch(r'block_group_(\d+)', module[0]) if len(module) == 3 else None
-    block = re.fullmatch(r'block_(\d+)', module[1]) if group else None
+    where = "/".join(module)
+    if module == ("initial_conv",):
+        return "conv1", "stem.conv1"
+    if module == ("initial_batchnorm",):
+        return "bn1", "stem.conv1.norm"
+    group = re.fullmatch(r"block_group_(\d+)", module[0]) if len(module) == 3 else None
+    block = re.fullmatch(r"block_(\d+)", module[1]) if group else None
     layer = _BLOCK_LAYER.fullmatch(module[2]) if block else None
     if not layer or int(group.group(1)) > 3:
-        raise ValueError(f'Flax module {where!r} is not part of a detcon_jax ResNet encoder')
+        raise ValueError(f"Flax module {where!r} is not part of a detcon_jax ResNet encoder")
     i, j = int(group.group(1)), int(block.group(1))
-    tv, d2 = f'layer{i + 1}.{j}.', f'res{i + 2}.{j}.'
-    if layer.group(1) == 'conv':
+    tv, d2 = f"layer{i + 1}.{j}.", f"res{i + 2}.{j}."
+    if layer.group(1) == "conv":
         k = int(layer.group(2)) + 1
-        return f'{tv}conv{k}', f'{d2}conv{k}'
-    if layer.group(1) == 'batchnorm':
+        return f"{tv}conv{k}", f"{d2}conv{k}"
+    if layer.group(1) == "batchnorm":
         k = int(layer.group(2)) + 1
-        return f'{tv}bn{k}', f'{d2}conv{k}.norm'
-    if layer.group(3) == 'conv':
-        return f'{tv}downsample.0', f'{d2}shortcut'
-    return f'{tv}downsample.1', f'{d2}shortcut.norm'
+        return f"{tv}bn{k}", f"{d2}conv{k}.norm"
+    if layer.group(3) == "conv":
+        return f"{tv}downsample.0", f"{d2}shortcut"
+    return f"{tv}downsample.1", f"{d2}shortcut.norm"
 
 
 def _leaf_name(collection: str, leaf: str, where: str) -> str:
-    table = _PARAM_LEAF if collection == 'params' else _STAT_LEAF
-    if collection not in ('params', 'batch_stats') or leaf not in table:
-        raise ValueError(f'Flax variable {collection}/{where} has no torchvision counterpart')
+    table = _PARAM_LEAF if collection == "params" else _STAT_LEAF
+    if collection not in ("params", "batch_stats") or leaf not in table:
+        raise ValueError(f"Flax variable {collection}/{where} has no torchvision counterpart")
     return table[leaf]
 
 
@@ -152,24 +152,24 @@ def detectron2_name(collection: str, path: tuple[str, ...]) -> str:
 
 def _to_torch_layout(collection: str, path: tuple[str, ...], value: Any) -> np.ndarray:
     value = np.asarray(value)
-    if path[-1] == 'kernel':
+    if path[-1] == "kernel":
         if value.ndim != 4:
             raise ValueError(f'{collection}/{"/".join(path)}: expected an HWIO conv kernel, got '
                              f'shape {value.shape}')
         return np.ascontiguousarray(value.transpose(3, 2, 0, 1))
-    if path[-1] == 'counter':
+    if path[-1] == "counter":
         return np.asarray(value, np.int64).reshape(())
     return np.ascontiguousarray(value.reshape(-1))
 
 
 def _encoder_collections(variables: Variables) -> dict[str, Mapping[str, Any]]:
-    if not isinstance(variables, Mapping) or 'params' not in variables:
+    if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError("expected ResNet encoder variables {'params', 'batch_stats'}")
-    unknown = sorted(set(variables) - {'params', 'batch_stats'})
+    unknown = sorted(set(variables) - {"params", "batch_stats"})
     if unknown:
-        raise ValueError(f'unexpected variable collection {unknown[0]!r} (expected params and '
-                         f'batch_stats of a ResNet encoder)')
-    return {c: variables[c] for c in ('params', 'batch_stats') if c in variables}
+        raise ValueError(f"unexpected variable collection {unknown[0]!r} (expected params and "
+                         f"batch_stats of a ResNet encoder)")
+    return {c: variables[c] for c in ("params", "batch_stats") if c in variables}
 
 
 def _convert(variables: Variables, namer) -> dict[str, np.ndarray]:
@@ -212,45 +212,45 @@ def torchvision_to_flax(state_dict: Mapping[str, Any], *, template: Variables
             used.add(name)
             value = _as_numpy(state_dict[name])
             want = tuple(leaf.shape)
-            if path[-1] == 'kernel':
+            if path[-1] == "kernel":
                 value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
             else:
                 value = value.reshape(want) if value.size == int(np.prod(want)) else value
             if tuple(value.shape) != want:
-                raise ValueError(f'state_dict: key {name} has shape {tuple(value.shape)} '
-                                 f'in Flax layout, the template expects {want}')
+                raise ValueError(f"state_dict: key {name} has shape {tuple(value.shape)} "
+                                 f"in Flax layout, the template expects {want}")
             # np.array, not ascontiguousarray: the latter turns 0-d counters into shape (1,).
-            flat[path] = np.array(value, dtype=np.dtype(leaf.dtype), order='C')
+            flat[path] = np.array(value, dtype=np.dtype(leaf.dtype), order="C")
         result[collection] = _unflatten(flat)
     extra = sorted(set(state_dict) - used)
     if extra:
-        more = f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''
-        raise ValueError(f'state_dict: unexpected key {extra[0]}{more}')
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise ValueError(f"state_dict: unexpected key {extra[0]}{more}")
     return result
 
 
 def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, 'detach'):  # a torch tensor
+    if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
     return np.asarray(value)
 
 
 def _structure(variables: Variables) -> dict[str, Any]:
     """Blocks per group, block type, stem width, projections and output width of an encoder."""
-    params = _encoder_collections(variables)['params']
+    params = _encoder_collections(variables)["params"]
     try:
         blocks, projection = [], []
         for i in range(4):
-            group = params[f'block_group_{i}']
-            blocks.append(sum(1 for j in range(len(group)) if f'block_{j}' in group))
-            projection.append('shortcut_conv' in group['block_0'])
-        bottleneck = 'conv_2' in params['block_group_0']['block_0']
-        last = params['block_group_3']['block_0']['conv_2' if bottleneck else 'conv_1']
-        return {'blocks': tuple(blocks), 'bottleneck': bottleneck, 'projection': projection,
-                'stem': int(np.shape(params['initial_conv']['kernel'])[-1]),
-                'out_channels': int(np.shape(last['kernel'])[-1])}
+            group = params[f"block_group_{i}"]
+            blocks.append(sum(1 for j in range(len(group)) if f"block_{j}" in group))
+            projection.append("shortcut_conv" in group["block_0"])
+        bottleneck = "conv_2" in params["block_group_0"]["block_0"]
+        last = params["block_group_3"]["block_0"]["conv_2" if bottleneck else "conv_1"]
+        return {"blocks": tuple(blocks), "bottleneck": bottleneck, "projection": projection,
+                "stem": int(np.shape(params["initial_conv"]["kernel"])[-1]),
+                "out_channels": int(np.shape(last["kernel"])[-1])}
     except (KeyError, TypeError) as err:
-        raise ValueError(f'variables are not a detcon_jax ResNet encoder (missing {err})') from err
+        raise ValueError(f"variables are not a detcon_jax ResNet encoder (missing {err})") from err
 
 
 def needs_layer1_projection(variables: Variables) -> bool:
@@ -263,7 +263,7 @@ def needs_layer1_projection(variables: Variables) -> bool:
     the projection first (`add_layer1_projection` for torchvision).
     """
     info = _structure(variables)
-    return not info['bottleneck'] and info['projection'][0]
+    return not info["bottleneck"] and info["projection"][0]
 
 
 def torchvision_arch(variables: Variables, *, layer1_projection: bool = False) -> str | None:
@@ -280,23 +280,23 @@ def torchvision_arch(variables: Variables, *, layer1_projection: bool = False) -
     for name, (want_blocks, want_bottleneck) in TORCHVISION_RESNETS.items():
         want_projection = [True] * 4 if want_bottleneck else [False, True, True, True]
         if layer1_projection and not want_bottleneck:
-            want_projection = [info['projection'][0], True, True, True]
-        if (info['blocks'] == want_blocks and info['bottleneck'] == want_bottleneck
-                and info['stem'] == 64 and info['projection'] == want_projection
-                and info['out_channels'] == (2048 if want_bottleneck else 512)):
+            want_projection = [info["projection"][0], True, True, True]
+        if (info["blocks"] == want_blocks and info["bottleneck"] == want_bottleneck
+                and info["stem"] == 64 and info["projection"] == want_projection
+                and info["out_channels"] == (2048 if want_bottleneck else 512)):
             return name
     return None
 
 
-def to_detectron2(variables: Variables, *, author: str = 'detcon_jax') -> dict[str, Any]:
+def to_detectron2(variables: Variables, *, author: str = "detcon_jax") -> dict[str, Any]:
     """Encoder variables -> the ``.pkl`` payload detectron2's ``DetectionCheckpointer`` loads.
 
     ``{'model': {detectron2 name: ndarray}, '__author__': author, 'matching_heuristics':
     True}``; names as produced by detectron2's ``convert-torchvision-to-d2.py`` (``stem.*``,
     ``res2``..``res5``), which the checkpointer matches to ``backbone.bottom_up.*``.
     """
-    return {'model': _convert(variables, detectron2_name), '__author__': author,
-            'matching_heuristics': True}
+    return {"model": _convert(variables, detectron2_name), "__author__": author,
+            "matching_heuristics": True}
 
 
 def save_detectron2(payload: Mapping[str, Any], path: str) -> None:
@@ -306,7 +306,7 @@ def save_detectron2(payload: Mapping[str, Any], path: str) -> None:
     through ``numpy._core.numeric._frombuffer``, which numpy 1.x (still common beside
     detectron2) cannot import; protocol 4 arrays load in numpy >= 1.26 and 2.x.
     """
-    if not str(path).endswith('.pkl'):
-        raise ValueError(f'{path}: detectron2 reads this layout only from a file ending in .pkl')
-    with open(path, 'wb') as f:
+    if not str(path).endswith(".pkl"):
+        raise ValueError(f"{path}: detectron2 reads this layout only from a file ending in .pkl")
+    with open(path, "wb") as f:
         pickle.dump(dict(payload), f, protocol=DETECTRON2_PICKLE_PROTOCOL)

@@ -15,8 +15,9 @@ Segment ids wrap at 256 (official ``astype(uint8)``); images with more than 256 
 counted and reported.
 
 The work is spread over ``--workers`` processes (default: every core). Each output shard is
-written to a temporary name and renamed when complete, so an interrupted run resumes by
-skipping finished shards. Images are kept byte for byte (PNG stays PNG; the official converter
+written to a temporary name and renamed when complete (for an ``--output`` in a bucket,
+``gs://...``: written locally, then uploaded as one object), so an interrupted run resumes
+by skipping finished shards. Images are kept byte for byte (PNG stays PNG; the official converter
 re-encodes PNG/CMYK files as JPEG); images that fail to decode are skipped and counted.
 """
 
@@ -34,6 +35,8 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from detcon_jax import paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FH_FEATURE = "image/felzenszwalb_segmentations"
@@ -288,7 +291,8 @@ def generate(
 
     Args:
       input_path: image folder or TFRecords (see module docstring).
-      output_dir: created if missing; finished shards there are kept (resume).
+      output_dir: local (created if missing) or a URI; finished shards there are kept
+        (resume).
       settings: ``(scale, min_size)`` pairs, stacked in this order.
       workers: processes (default ``os.cpu_count()``); 0 or 1 runs in this process.
       num_shards: output shards; 0 picks ``ceil(images / 1024)``.
@@ -297,6 +301,7 @@ def generate(
     """
     from tqdm import tqdm
 
+    output = paths.check_reachable(output_dir, what="--output", writable=True)
     tf = _tf()
     settings = [(float(s), int(m)) for s, m in settings]
     if is_image_folder(input_path):
@@ -313,14 +318,15 @@ def generate(
         raise FileNotFoundError(f"--input={input_path}: no images found")
     num_shards = num_shards or max(1, math.ceil(total / 1024))
     bounds = np.linspace(0, total, num_shards + 1).astype(int)
-    os.makedirs(output_dir, exist_ok=True)
+    if not paths.is_remote(output):
+        output.mkdir(parents=True, exist_ok=True)
     summary = Summary(images=total, overflow={s: 0 for s in settings})
 
     todo = []
     for s in range(num_shards):
-        final = os.path.join(output_dir, shard_name(split, s, num_shards))
-        if os.path.exists(final):
-            summary.shards_resumed.append(final)
+        final = output / shard_name(split, s, num_shards)
+        if final.exists():
+            summary.shards_resumed.append(os.fspath(final))
         else:
             todo.append(s)
 
@@ -365,9 +371,10 @@ def generate(
         submit()
         while pending:
             s, results = pending.popleft()
-            final = os.path.join(output_dir, shard_name(split, s, num_shards))
-            tmp = os.path.join(output_dir, f".{shard_name(split, s, num_shards)}.tmp{os.getpid()}")
-            with tf.io.TFRecordWriter(tmp) as writer:
+            final = output / shard_name(split, s, num_shards)
+            # TFRecordWriter would reach a bucket through TensorFlow's own GCS client; the
+            # staged local file is uploaded through epath like every other output.
+            with paths.staged_file(final) as tmp, tf.io.TFRecordWriter(tmp) as writer:
                 for serialized, counts, error in results:
                     bar.update(1)
                     if error is not None:
@@ -378,8 +385,7 @@ def generate(
                     summary.written += 1
                     for setting, count in zip(settings, counts, strict=True):
                         summary.overflow[setting] += count > 256
-            os.replace(tmp, final)
-            summary.shards_written.append(final)
+            summary.shards_written.append(os.fspath(final))
             submit()
     finally:
         bar.close()
@@ -404,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> Summary:
     parser = argparse.ArgumentParser(prog="python -m detcon_jax.fh_masks",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="image folder or TFRecords")
-    parser.add_argument("--output", required=True, help="output folder for TFRecord shards")
+    parser.add_argument("--output", required=True,
+                        help="output folder for TFRecord shards (local or gs://...)")
     parser.add_argument("--scale", default="1000", help="FH scale(s), comma separated")
     parser.add_argument("--min_size", default="1000", help="FH min segment size(s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
@@ -419,5 +426,15 @@ def main(argv: Sequence[str] | None = None) -> Summary:
     return summary
 
 
+def _cli() -> int:
+    """Module entry point: a bad path is one ``error: ...`` line and exit status 2."""
+    try:
+        main()
+    except (ValueError, OSError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(_cli())

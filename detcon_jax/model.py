@@ -34,8 +34,8 @@ BASIC_CHANNELS = (64, 128, 256, 512)
 BOTTLENECK_CHANNELS = (256, 512, 1024, 2048)
 
 # The official `TinyResNet` (for local runs and tests): pass as keyword overrides to ResNet.
-TINY_RESNET = {'blocks_per_group': (1, 1, 1, 1), 'channels_per_group': (8, 8, 8, 8),
-               'bottleneck': False}
+TINY_RESNET = {"blocks_per_group": (1, 1, 1, 1), "channels_per_group": (8, 8, 8, 8),
+               "bottleneck": False}
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -102,18 +102,18 @@ class BatchNorm(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         features = x.shape[-1]
         axes = tuple(range(x.ndim - 1))
-        scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
-        bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
-        ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
-        ra_var = self.variable('batch_stats', 'var', jnp.zeros, (features,), jnp.float32)
-        counter = self.variable('batch_stats', 'counter', jnp.zeros, (), jnp.int32)
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.zeros, (features,), jnp.float32)
+        counter = self.variable("batch_stats", "counter", jnp.zeros, (), jnp.int32)
 
         xf = x.astype(jnp.float32)
         views = self.num_views
         if train and views > 1:
             if x.shape[0] % views:
-                raise ValueError(f'BatchNorm: batch {x.shape[0]} is not a multiple of '
-                                 f'num_views={views}')
+                raise ValueError(f"BatchNorm: batch {x.shape[0]} is not a multiple of "
+                                 f"num_views={views}")
             # [B * V, ...] -> [B, V, ...]; statistics over everything but the view and channel.
             xf = xf.reshape((-1, views) + x.shape[1:])
             axes = (0,) + tuple(range(2, xf.ndim - 1))
@@ -161,7 +161,7 @@ class BlockV1(nn.Module):
     num_views: int = 1
 
     def _conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-        return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME',
+        return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                        use_bias=False, kernel_init=haiku_default_init, dtype=self.dtype,
                        param_dtype=jnp.float32, name=name)
 
@@ -173,8 +173,8 @@ class BlockV1(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         shortcut = x
         if self.use_projection:
-            shortcut = self._conv(self.channels, 1, self.stride, 'shortcut_conv')(shortcut)
-            shortcut = self._bn('shortcut_batchnorm')(shortcut, train)
+            shortcut = self._conv(self.channels, 1, self.stride, "shortcut_conv")(shortcut)
+            shortcut = self._bn("shortcut_batchnorm")(shortcut, train)
 
         if self.bottleneck:
             width = self.channels // 4
@@ -183,11 +183,11 @@ class BlockV1(nn.Module):
             layers = ((self.channels, 3, self.stride), (self.channels, 3, 1))
         out = x
         for i, (features, kernel, stride) in enumerate(layers):
-            out = self._conv(features, kernel, stride, f'conv_{i}')(out)
+            out = self._conv(features, kernel, stride, f"conv_{i}")(out)
             last = i == len(layers) - 1
             zero_scale = last and self.bottleneck
             scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-            out = self._bn(f'batchnorm_{i}', scale_init)(out, train)
+            out = self._bn(f"batchnorm_{i}", scale_init)(out, train)
             if not last:
                 out = nn.relu(out)
         return nn.relu(out + shortcut)
@@ -213,7 +213,7 @@ class BlockGroup(nn.Module):
                         use_projection=self.use_projection and i == 0,
                         bottleneck=self.bottleneck, bn_decay=self.bn_decay,
                         bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-                        num_views=self.num_views, name=f'block_{i}')(x, train)
+                        num_views=self.num_views, name=f"block_{i}")(x, train)
         return x
 
 
@@ -244,20 +244,20 @@ class ResNet(nn.Module):
         """(blocks_per_group, channels_per_group before width, bottleneck, use_projection)."""
         if self.depth not in RESNET_DEPTHS and (
                 self.blocks_per_group is None or self.bottleneck is None):
-            raise ValueError(f'ResNet depth {self.depth} is not one of {sorted(RESNET_DEPTHS)}')
+            raise ValueError(f"ResNet depth {self.depth} is not one of {sorted(RESNET_DEPTHS)}")
         preset_blocks, preset_bottleneck = RESNET_DEPTHS.get(self.depth, (None, None))
         blocks = tuple(self.blocks_per_group or preset_blocks)
         bottleneck = preset_bottleneck if self.bottleneck is None else self.bottleneck
         channels = tuple(self.channels_per_group or
                          (BOTTLENECK_CHANNELS if bottleneck else BASIC_CHANNELS))
         projection = tuple(self.use_projection or (True,) * 4)
-        for name, value in (('blocks_per_group', blocks), ('channels_per_group', channels),
-                            ('use_projection', projection)):
+        for name, value in (("blocks_per_group", blocks), ("channels_per_group", channels),
+                            ("use_projection", projection)):
             if len(value) != 4:
-                raise ValueError(f'ResNet {name} must have 4 entries, got {value}')
+                raise ValueError(f"ResNet {name} must have 4 entries, got {value}")
         if not isinstance(self.width_multiplier, int) or self.width_multiplier < 1:
-            raise ValueError(f'ResNet width_multiplier must be a positive int, '
-                             f'got {self.width_multiplier!r}')
+            raise ValueError(f"ResNet width_multiplier must be a positive int, "
+                             f"got {self.width_multiplier!r}")
         return blocks, channels, bottleneck, projection
 
     @nn.compact
@@ -265,19 +265,19 @@ class ResNet(nn.Module):
         """Normalised images ``[B, H, W, 3]`` -> feature map ``[B, ceil(H/32), ceil(W/32), C]``."""
         blocks, channels, bottleneck, projection = self.structure()
         x = x.astype(self.dtype)
-        x = nn.Conv(64 * self.width_multiplier, (7, 7), strides=(2, 2), padding='SAME',
+        x = nn.Conv(64 * self.width_multiplier, (7, 7), strides=(2, 2), padding="SAME",
                     use_bias=False, kernel_init=haiku_default_init, dtype=self.dtype,
-                    param_dtype=jnp.float32, name='initial_conv')(x)
+                    param_dtype=jnp.float32, name="initial_conv")(x)
         x = BatchNorm(decay=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-                      num_views=self.num_views, name='initial_batchnorm')(x, train)
+                      num_views=self.num_views, name="initial_batchnorm")(x, train)
         x = nn.relu(x)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         for i, stride in enumerate((1, 2, 2, 2)):
             x = BlockGroup(channels=channels[i] * self.width_multiplier,
                            num_blocks=blocks[i], stride=stride, use_projection=projection[i],
                            bottleneck=bottleneck, bn_decay=self.bn_momentum,
                            bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-                           num_views=self.num_views, name=f'block_group_{i}')(x, train)
+                           num_views=self.num_views, name=f"block_group_{i}")(x, train)
         return x
 
 
@@ -299,12 +299,12 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Dense(self.hidden_size, use_bias=True, kernel_init=haiku_default_init,
-                     dtype=self.dtype, param_dtype=jnp.float32, name='linear')(x)
+                     dtype=self.dtype, param_dtype=jnp.float32, name="linear")(x)
         x = BatchNorm(decay=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-                      num_views=self.num_views, name='batch_norm')(x, train)
+                      num_views=self.num_views, name="batch_norm")(x, train)
         x = nn.relu(x)
         return nn.Dense(self.output_size, use_bias=False, kernel_init=haiku_default_init,
-                        dtype=self.dtype, param_dtype=jnp.float32, name='linear_1')(x)
+                        dtype=self.dtype, param_dtype=jnp.float32, name="linear_1")(x)
 
 
 class DetConNetwork(nn.Module):
@@ -358,17 +358,17 @@ class DetConNetwork(nn.Module):
         std = jnp.asarray(IMAGENET_STD, jnp.float32)
         x = (images.astype(jnp.float32) - mean) / std
         features = self.encoder(x, train).astype(jnp.float32)
-        outputs = {'embedding': jnp.mean(features, axis=(1, 2))}
+        outputs = {"embedding": jnp.mean(features, axis=(1, 2))}
         if masks is not None:
             b, h, w, _ = features.shape
             if masks.ndim != 3 or masks.shape[0] != b or masks.shape[2] != h * w:
-                raise ValueError(f'masks must be [B={b}, R, h*w={h * w}] for features '
-                                 f'{features.shape}, got {masks.shape}')
+                raise ValueError(f"masks must be [B={b}, R, h*w={h * w}] for features "
+                                 f"{features.shape}, got {masks.shape}")
             pooled = masks_lib.masked_pool(features, masks.astype(jnp.float32))
             projection = self.projector(pooled, train)
-            outputs['projection'] = projection.astype(jnp.float32)
+            outputs["projection"] = projection.astype(jnp.float32)
             if self.use_predictor:
-                outputs['prediction'] = self.predictor(projection, train).astype(jnp.float32)
+                outputs["prediction"] = self.predictor(projection, train).astype(jnp.float32)
         if self.num_classes > 0:
-            outputs['logits'] = self.classifier(jax.lax.stop_gradient(outputs['embedding']))
+            outputs["logits"] = self.classifier(jax.lax.stop_gradient(outputs["embedding"]))
         return outputs

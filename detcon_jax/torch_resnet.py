@@ -62,7 +62,7 @@ def apply_tf_same_padding(model: Any) -> Any:
         elif isinstance(module, torch.nn.MaxPool2d) and max(pair(module.stride)) > 1:
             module.padding = 0
             module.register_forward_pre_hook(
-                hook_for(pair(module.kernel_size), pair(module.stride), float('-inf')))
+                hook_for(pair(module.kernel_size), pair(module.stride), float("-inf")))
     return model
 
 
@@ -79,7 +79,7 @@ def add_layer1_projection(model: Any) -> Any:
 
     block = model.layer1[0]
     if block.downsample is None:
-        last = block.conv3 if hasattr(block, 'conv3') else block.conv2
+        last = block.conv3 if hasattr(block, "conv3") else block.conv2
         block.downsample = torch.nn.Sequential(
             torch.nn.Conv2d(block.conv1.in_channels, last.out_channels, kernel_size=1,
                             bias=False),

@@ -22,7 +22,6 @@ step the loop runs five concerns in sequence:
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from jax.experimental import multihost_utils
 
 from detcon_jax import checkpoint as ckpt_lib
 from detcon_jax import config as config_lib
-from detcon_jax import data, distributed, optim, sharding
+from detcon_jax import data, distributed, optim, paths, sharding
 from detcon_jax import metrics as metrics_lib
 from detcon_jax import step as step_lib
 
@@ -86,14 +85,13 @@ class _NeverStop:
 
 
 def checkpoint_dir(workdir: str) -> str:
-    """The directory where a run in ``workdir`` keeps its checkpoints."""
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    """The directory where a run in ``workdir`` (a local path or a URI) keeps checkpoints."""
+    return paths.join(workdir, "checkpoints")
 
 
 def _write_config(config: Any, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    # One whole object: a bucket has no folders to create and no partial files.
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 # ------------------------------------------------------------------- steps and data
@@ -180,6 +178,9 @@ def _check(config: Any, workdir: str) -> tuple[int, int]:
       ConfigError: naming the key, path or checkpoint.
     """
     config_lib.validate(config)
+    # A bucket that cannot be reached is one line naming it, before anything is written
+    # (and never a local ``./gs:/...`` folder: every path goes through `paths`).
+    paths.workdir_path(workdir)
     path = config.data.path
     if path and config_lib.is_url(path) and not data.data_dir_exists(path):
         # config.validate checks only local paths (it does not import TensorFlow).
@@ -311,7 +312,8 @@ def train(config: Any, workdir: str, *,
         step_lib.make_train_step(config, schedules, optimizer,
                                  num_devices=mesh.shape.get(sharding.DATA_AXIS, 1)), mesh)
     batches, data_stats = _make_dataset(config, start_batch=data_start)
-    writer = metrics_lib.create_writer(workdir, is_primary=is_primary, resume_step=start)
+    writer = metrics_lib.create_writer(workdir, is_primary=is_primary, resume_step=start,
+                                       tensorboard_dir=config.tensorboard_dir)
     stop = _NeverStop() if stop is None else stop
     window = _MetricWindow()
     throughput = _Throughput(start, total_steps)
@@ -321,9 +323,17 @@ def train(config: Any, workdir: str, *,
                  jax.device_count(), jax.process_count())
     peer_lost = False
     try:
+        batch = None
+        if start < total_steps:
+            batch = sharding.global_batch(_next_batch(batches), mesh)
         for step in range(start + 1, total_steps + 1):
-            state, step_metrics = train_step(state, sharding.global_batch(
-                _next_batch(batches), mesh))
+            state, step_metrics = train_step(state, batch)
+            # One-deep prefetch: the step was dispatched asynchronously, so the next batch's
+            # host pipeline read and host-to-device copy run while it computes. A batch
+            # fetched here but not trained on before a stop is not counted in the checkpoint's
+            # data position (that counts steps), so a resume reads it again.
+            if step < total_steps:
+                batch = sharding.global_batch(_next_batch(batches), mesh)
             window.add(step, step_metrics)
 
             stopping = stop.should_stop(step)

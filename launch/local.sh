@@ -38,8 +38,11 @@ Flags (environment variable in brackets):
 
 Everything after `--`, and any --config.KEY=VALUE flag, is passed to the
 training command unchanged. With several processes, process 0 prints to the
-terminal as is and the others prefix their lines with [pI]; when one process
-fails the others are stopped and the exit status is the failing one's.
+terminal as is and the others prefix their lines with [pI]. When one process
+fails, the others get SIGTERM; the script returns only when every process has
+exited, with the first failure's status (0 if none failed). SIGINT or SIGTERM to
+the script is passed on as SIGTERM (each process checkpoints and exits 0) and the
+script waits for them. See launch/README.md.
 
 Example (2 processes x 4 fake CPU devices = 8 devices):
   launch/local.sh --config=experiments/smoke.py --workdir=/tmp/detcon_smoke \

@@ -96,11 +96,13 @@ def load_state(step_dir: pathlib.Path) -> dict:
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
+    from etils import epath
 
     args = ocp.args.StandardRestore(
         fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        tree = checkpointer.restore(pathlib.Path(step_dir) / "state", args=args)
+        # epath: a checkpoint in a bucket (gs://) as well as a local one.
+        tree = checkpointer.restore(epath.Path(step_dir) / "state", args=args)
     return {jax.tree_util.keystr(p): np.asarray(v)
             for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 

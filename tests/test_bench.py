@@ -79,6 +79,15 @@ def test_pipeline_smoke(repo_root, cache):
     assert result["cache"] is cache
 
 
+def test_resume_smoke(repo_root):
+    result = _run(repo_root, "resume", "--late_epoch=3", "--num_shards=2", "--per_shard=4",
+                  "--batch_size=2", "--image_size=32", "--repeats=1")
+    _assert_positive(result, "resume_ratio", "epoch0_s", "late_s")
+    assert result["late_epoch"] == 3 and result["records_per_epoch"] == 8
+    assert result["resume_ratio"] == pytest.approx(result["late_s"] / result["epoch0_s"],
+                                                   rel=1e-2)
+
+
 def test_pipeline_and_fh_on_the_users_data(repo_root, data_dir, tmp_path):
     # --data_dir: the user's own image folder (fh) and FH shards written from it (pipeline).
     images = tmp_path / "images"

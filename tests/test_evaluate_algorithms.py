@@ -86,9 +86,9 @@ def test_linear_probe_separable_features_give_100_percent():
     train_x, train_y, test_x, test_y = x[:300], y[:300], x[300:], y[300:]
     result = linear.train_linear_probe(train_x, train_y, test_x, test_y, num_classes=10,
                                        learning_rate=0.1, num_epochs=30, batch_size=64)
-    assert result['val_top1'] == 100.0
+    assert result["val_top1"] == 100.0
     # The standardisation is folded into the returned classifier (acts on raw features).
-    assert linear.top1_accuracy(result['params'], train_x, train_y) == 100.0
+    assert linear.top1_accuracy(result["params"], train_x, train_y) == 100.0
 
 
 def test_linear_probe_random_labels_give_chance():
@@ -97,9 +97,9 @@ def test_linear_probe_random_labels_give_chance():
     y = rng.integers(0, 10, 3000)
     result = linear.train_linear_probe(x[:2000], y[:2000], x[2000:], y[2000:], num_classes=10,
                                        learning_rate=0.1, num_epochs=10, batch_size=256)
-    assert 5.0 < result['val_top1'] < 15.0
+    assert 5.0 < result["val_top1"] < 15.0
     # ... while it does fit its training data better than chance (it learns something).
-    assert linear.top1_accuracy(result['params'], x[:2000], y[:2000]) > 15.0
+    assert linear.top1_accuracy(result["params"], x[:2000], y[:2000]) > 15.0
 
 
 def test_linear_probe_learns_and_loss_decreases_with_epochs():
@@ -109,7 +109,7 @@ def test_linear_probe_learns_and_loss_decreases_with_epochs():
                                       batch_size=32)
     longer = linear.train_linear_probe(x, y, num_classes=10, learning_rate=0.01,
                                        num_epochs=20, batch_size=32)
-    assert longer['train_loss'] < short['train_loss'] < np.log(10) + 0.1
+    assert longer["train_loss"] < short["train_loss"] < np.log(10) + 0.1
 
 
 def _correlated(rng, n):
@@ -129,14 +129,14 @@ def test_linear_protocol_sweep_and_augmented_passes():
     result = linear.linear_probe_protocol(views, y, test_x, test_y, heldout_x=x,
                                           learning_rates=(1e-7, 0.1), num_epochs=20,
                                           batch_size=32, num_classes=2)
-    assert set(result['sweep']) == {'1e-07', '0.1'}
-    assert result['sweep']['1e-07'] < 80.0 < result['sweep']['0.1']
-    assert result['learning_rate'] == 0.1
-    assert result['top1'] > 95.0
+    assert set(result["sweep"]) == {"1e-07", "0.1"}
+    assert result["sweep"]["1e-07"] < 80.0 < result["sweep"]["0.1"]
+    assert result["learning_rate"] == 0.1
+    assert result["top1"] > 95.0
 
 
 def test_linear_probe_rejects_mismatched_labels():
-    with pytest.raises(ValueError, match='do not match'):
+    with pytest.raises(ValueError, match="do not match"):
         linear.train_linear_probe(np.zeros((5, 3)), np.zeros(4, int))
 
 
@@ -166,9 +166,9 @@ def test_absent_class_is_excluded_from_the_mean():
     iou, miou = segmentation.iou_from_confusion(cm)
     assert iou[0] == 1.0 and iou[1] == 1.0 and np.isnan(iou[2])
     assert miou == 1.0
-    metrics = segmentation.segmentation_metrics(cm, ['a', 'b', 'c'])
-    assert metrics['per_class_iou'] == {'a': 100.0, 'b': 100.0, 'c': None}
-    assert metrics['num_pixels'] == 3
+    metrics = segmentation.segmentation_metrics(cm, ["a", "b", "c"])
+    assert metrics["per_class_iou"] == {"a": 100.0, "b": 100.0, "c": None}
+    assert metrics["num_pixels"] == 3
 
 
 def test_constant_predictor_miou_by_hand():
@@ -182,9 +182,9 @@ def test_constant_predictor_miou_by_hand():
     expected = (n[1] / valid + 0 + 0) / 3
     cm = segmentation.confusion_matrix(pred, label, num_classes=4)
     metrics = segmentation.segmentation_metrics(cm)
-    assert metrics['miou'] == pytest.approx(100 * expected)
-    assert metrics['per_class_iou']['2'] is None
-    assert metrics['pixel_accuracy'] == pytest.approx(100 * n[1] / valid)
+    assert metrics["miou"] == pytest.approx(100 * expected)
+    assert metrics["per_class_iou"]["2"] is None
+    assert metrics["pixel_accuracy"] == pytest.approx(100 * n[1] / valid)
 
 
 def test_pixel_cross_entropy_skips_ignored_pixels():
@@ -212,7 +212,7 @@ def test_segmentation_probe_learns_separable_maps():
     probe = segmentation.train_segmentation_probe(maps, labels, num_classes=classes,
                                                   learning_rate=0.1, num_epochs=20,
                                                   batch_size=8)
-    pred = segmentation.predict_probe(probe['params'], maps, (12, 12), batch_size=5)
+    pred = segmentation.predict_probe(probe["params"], maps, (12, 12), batch_size=5)
     assert pred.shape == (num, 12, 12)
     cm = segmentation.confusion_matrix(pred, labels, num_classes=classes)
-    assert segmentation.segmentation_metrics(cm)['miou'] == 100.0
+    assert segmentation.segmentation_metrics(cm)["miou"] == 100.0

@@ -90,10 +90,21 @@ def main() -> None:
 
     rows = config.batch_size // jax.process_count()
     lo = jax.process_index() * rows
+    batches = [sharding.global_batch({k: v[lo:lo + rows] for k, v in batch.items()}, mesh)
+               for batch in global_batches(args.steps, config.batch_size, args.image_size)]
+    if jax.process_count() > 1:
+        import orbax.checkpoint as ocp
+
+        # Compile first, then meet at a coordination-service barrier: on CPU each gloo
+        # communicator connects when first used and gives up after 30 s, less than the
+        # spread of the processes' compile times on a loaded machine.
+        train_step = train_step.lower(state, batches[0]).compile()
+        ocp.multihost.sync_global_processes(
+            "train_driver: compiled", processes=set(range(jax.process_count())),
+            timeout=1800)
     losses = []
-    for batch in global_batches(args.steps, config.batch_size, args.image_size):
-        local = {k: v[lo:lo + rows] for k, v in batch.items()}
-        state, metrics = train_step(state, sharding.global_batch(local, mesh))
+    for batch in batches:
+        state, metrics = train_step(state, batch)
         losses.append(float(metrics["loss"]))
 
     # The state is replicated: each process's first local shard is the full value.

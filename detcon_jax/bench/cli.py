@@ -1,4 +1,4 @@
-"""The benchmarks' command line: ``python -m detcon_jax.bench step|loss|pipeline|fh ...``.
+"""The benchmarks' command line: ``python -m detcon_jax.bench step|loss|pipeline|fh|resume ...``.
 
 ``--devices=N`` runs with N fake CPU devices: the command re-executes itself in a
 subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``, since that flag
@@ -18,6 +18,7 @@ from typing import Any
 from detcon_jax.bench.common import log
 from detcon_jax.bench.inputs import bench_fh, bench_pipeline
 from detcon_jax.bench.loss import bench_loss
+from detcon_jax.bench.resume import bench_resume
 from detcon_jax.bench.step import MODELS, bench_step
 
 DESCRIPTION = ("Benchmarks of what users pay for: train-step throughput, loss memory, input "
@@ -80,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
                           help="ImageNet-FH shards to read (default: records of the bundled "
                           "photos, written to a temporary folder)")
     pipeline.add_argument("--split", default="train", help="shard prefix in --data_dir")
+    pipeline.add_argument("--deterministic", action="store_true",
+                          help="fixed element order (data.deterministic=True)")
+
+    resume = sub.add_parser("resume", parents=[common],
+                            help="time to the first batch resuming at epoch 0 and late")
+    resume.add_argument("--late_epoch", type=int, default=100)
+    resume.add_argument("--num_shards", type=int, default=8)
+    resume.add_argument("--per_shard", type=int, default=64)
+    resume.add_argument("--batch_size", type=int, default=32)
+    resume.add_argument("--image_size", type=int, default=128)
+    resume.add_argument("--repeats", type=int, default=3)
 
     fh = sub.add_parser("fh", parents=[common], help="Felzenszwalb-Huttenlocher mask generation")
     fh.add_argument("--workers", type=int, default=1)
@@ -161,7 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = bench_pipeline(image_size=args.image_size, batch_size=args.batch_size,
                                         num_batches=args.num_batches, threads=args.threads,
                                         cache=args.cache, data_dir=args.data_dir,
-                                        split=args.split)
+                                        split=args.split, deterministic=args.deterministic)
+            elif args.what == "resume":
+                result = bench_resume(late_epoch=args.late_epoch, num_shards=args.num_shards,
+                                      per_shard=args.per_shard, batch_size=args.batch_size,
+                                      image_size=args.image_size, repeats=args.repeats)
             else:
                 result = bench_fh(workers=args.workers, repeats=args.repeats,
                                   data_dir=args.data_dir, max_images=args.max_images)

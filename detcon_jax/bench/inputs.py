@@ -51,7 +51,7 @@ def _write_folder(directory: pathlib.Path) -> pathlib.Path:
 def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: int = 50,
                    warmup_batches: int = 10, threads: int | None = None,
                    cache: bool = False, data_dir: str | os.PathLike | None = None,
-                   split: str = "train") -> dict:
+                   split: str = "train", deterministic: bool = False) -> dict:
     """Images/s of ``make_pretrain_dataset('imagenet_fh')`` (two views + masks) on this host.
 
     Also ``cpu_ms_per_img``: CPU time of this process (all threads) per image, which depends
@@ -77,11 +77,12 @@ def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: 
             fh_masks.generate(_write_folder(pathlib.Path(tmp) / "src"), records, split=split,
                               workers=0, progress=False)
         elapsed, cpu = _time_pipeline(records, split, batch_size, image_size, num_batches,
-                                      warmup_batches, threads, cache)
+                                      warmup_batches, threads, cache, deterministic)
     count = num_batches * batch_size
     result = {"name": "input_pipeline", "img_per_s": count / elapsed,
               "cpu_ms_per_img": 1e3 * cpu / count, "batch_size": batch_size,
-              "image_size": image_size, "cache": cache}
+              "image_size": image_size, "cache": cache,
+              "deterministic": deterministic}
     if data_dir is None:
         result["image_shape"] = list(BENCH_SHAPE)
     else:
@@ -90,7 +91,7 @@ def bench_pipeline(*, batch_size: int = 32, image_size: int = 224, num_batches: 
 
 
 def _time_pipeline(records, split, batch_size, image_size, num_batches, warmup_batches,
-                   threads, cache) -> tuple[float, float]:
+                   threads, cache, deterministic) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) of ``num_batches`` after ``warmup_batches``."""
     from ml_collections import ConfigDict
 
@@ -98,7 +99,7 @@ def _time_pipeline(records, split, batch_size, image_size, num_batches, warmup_b
 
     pipeline = ConfigDict(dict(
         source="imagenet_fh", path=str(records), split=split, image_size=image_size,
-        shuffle_buffer=10 * batch_size, cache=cache, deterministic=False, fh_scale=1000.0,
+        shuffle_buffer=10 * batch_size, cache=cache, deterministic=deterministic, fh_scale=1000.0,
         fh_min_size=1000))
     masks = ConfigDict(dict(source="fh", grid_size=4, fh_index=0))
     ds = data.make_pretrain_dataset(pipeline, masks, batch_size=batch_size,

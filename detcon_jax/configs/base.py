@@ -48,7 +48,8 @@ Keys:
   ``augment.VIEW1_CONFIG``'s keys).
 - ``batch_size`` (GLOBAL, over all hosts), ``num_epochs``, ``num_steps`` (optional override
   of the derived total), ``mesh`` (axis name -> size, -1 = the remaining devices),
-  ``checkpoint`` (``every_steps``, ``keep``), ``log_every_steps``.
+  ``checkpoint`` (``every_steps``, ``keep``), ``tensorboard_dir`` (optional; default
+  ``WORKDIR/tensorboard``), ``log_every_steps``.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def get_config() -> config_dict.ConfigDict:
         # The official buffer is 10 x the per-host batch; 10k bounds host memory.
         shuffle_buffer=_optional(10_000, int),
         cache=False,
-        deterministic=False,
+        deterministic=True,  # fixed order: exact resume (its cost is within noise)
         fh_scale=1000.0,
         fh_min_size=1000,
     ))
@@ -136,6 +137,9 @@ def get_config() -> config_dict.ConfigDict:
     config.num_steps = config_dict.placeholder(int)
     config.mesh = config_dict.ConfigDict(dict(data=-1))
     config.checkpoint = config_dict.ConfigDict(dict(every_steps=1000, keep=3))
+    # TensorBoard events: None = WORKDIR/tensorboard. Any path tf.io.gfile serves (TensorFlow's
+    # own GCS client writes gs:// events; a local folder keeps them off the bucket).
+    config.tensorboard_dir = config_dict.placeholder(str)
     config.log_every_steps = 100
     config.lock()
     return config

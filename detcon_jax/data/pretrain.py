@@ -1,12 +1,14 @@
 """The pre-training builder: a source's examples -> two augmented views with masks -> batches.
 
 Stages, in order: the source's examples with their full-resolution masks (`source_dataset`),
-the element order (cache, repeat, shuffle), one stateless seed pair per element, the resume
-skip, the two-view geometry (``geometry.two_views``), batching and prefetch.
+the element order (epochs shuffled one by one, then repeated; the resume skip inside the
+epoch it falls in, before decoding; one stateless seed pair per element position), the
+two-view geometry (``geometry.two_views``), batching and prefetch.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import tensorflow as tf
@@ -16,6 +18,18 @@ from detcon_jax.data.framing import PipelineStats
 from detcon_jax.data.options import dataset_options
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _source_and_mask_fn(data: Any, masks: Any) -> tuple[type, Any]:
+    """The configured source's class and mask function; a bad combination is a ValueError."""
+    source_class = sources.source_class(data.source)
+    mask_sources.check_mask_source(masks.source)
+    if masks.source == "gt" and not source_class.has_gt_masks:
+        raise ValueError(f"mask_source='gt': source {data.source!r} has no ground-truth masks")
+    mask_fn = mask_sources.make_mask_fn(
+        masks.source, stored_fh=source_class.stored_fh, grid_size=masks.grid_size,
+        fh_scale=data.fh_scale, fh_min_size=data.fh_min_size)
+    return source_class, mask_fn
 
 
 def source_dataset(
@@ -46,16 +60,21 @@ def source_dataset(
       ``label`` int32 (-1 unknown), ``name`` string. Corrupt or truncated encoded images are
       dropped and counted in ``stats``.
     """
-    source_class = sources.source_class(data.source)
-    mask_sources.check_mask_source(masks.source)
-    if masks.source == "gt" and not source_class.has_gt_masks:
-        raise ValueError(f"mask_source='gt': source {data.source!r} has no ground-truth masks")
+    source_class, mask_fn = _source_and_mask_fn(data, masks)
     source = source_class.from_config(data, masks)
-    mask_fn = mask_sources.make_mask_fn(
-        masks.source, stored_fh=source_class.stored_fh, grid_size=masks.grid_size,
-        fh_scale=data.fh_scale, fh_min_size=data.fh_min_size)
     return source.dataset(sources.Shard(process_index, process_count),
                           shuffle_files=shuffle_files, seed=seed, stats=stats, mask_fn=mask_fn)
+
+
+def make_reader(data: Any, masks: Any, *, seed: int, stats: PipelineStats,
+                process_index: int = 0, process_count: int = 1,
+                shuffle_files: bool = True) -> sources.base.Reader:
+    """The configured source's records per epoch and its example stages (see `source_dataset`
+    for the arguments)."""
+    source_class, mask_fn = _source_and_mask_fn(data, masks)
+    return source_class.from_config(data, masks).reader(
+        sources.Shard(process_index, process_count), shuffle_files=shuffle_files, seed=seed,
+        stats=stats, mask_fn=mask_fn)
 
 
 def num_examples(data: Any) -> int:
@@ -67,16 +86,54 @@ def num_examples(data: Any) -> int:
     return sources.from_config(data).num_examples()
 
 
-def _element_order(ds: tf.data.Dataset, *, cache: bool, repeat: bool, shuffle: bool,
-                   shuffle_buffer: int, seed: int | None) -> tf.data.Dataset:
-    """Cached after the first pass, repeated, then shuffled across passes in one buffer."""
+def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The int64 seed of epoch ``epoch``'s shuffle (and its elements' crop seeds)."""
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.stateless_uniform([], seed=key, minval=None, maxval=None, dtype=tf.int64)
+
+
+def _element_seed(epoch_seed: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """The stateless crop seed pair of element ``index`` of an epoch: a function of the
+    element's position alone, so a resumed pipeline draws the crops an uninterrupted one does."""
+    key = tf.stack([epoch_seed, tf.cast(index, tf.int64)])
+    return tf.random.stateless_uniform([2], seed=key, minval=None, maxval=None, dtype=tf.int64)
+
+
+def _element_order(reader: sources.base.Reader, *, cache: bool, repeat: bool, shuffle: bool,
+                   shuffle_buffer: int, seed: int, skip: int) -> tf.data.Dataset:
+    """(example, crop seed) pairs: each epoch shuffled on its own, then the epochs in turn.
+
+    Epoch ``e`` shuffles its records with a seed of (``seed``, ``e``) (files in an order of
+    the same seed), so a resume after ``skip`` elements rebuilds the epoch it falls in and
+    drops the records before it there, before they are decoded. Cached examples are decoded
+    once, on the first pass (a resume decodes that pass again to fill the cache).
+    """
+    if not repeat:
+        first_epoch, offset, epochs = 0, skip, 1
+    else:
+        size = reader.epoch_size() if skip else 1
+        if size <= 0:
+            raise ValueError("the input pipeline's source has no records on this host")
+        first_epoch, offset = divmod(skip, size)
+        epochs = None
+    cached = None
     if cache:
-        ds = ds.cache()
-    if repeat:
-        ds = ds.repeat()
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return ds
+        cached = reader.examples(reader.records(tf.constant(0, tf.int64))).cache()
+
+    def epoch_elements(epoch):
+        epoch_seed = _epoch_seed(seed, epoch)
+        ds = cached if cached is not None else reader.records(epoch)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=epoch_seed)
+        start = tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0)
+        ds = ds.skip(start)
+        if cached is None:
+            ds = reader.examples(ds)
+        return ds.enumerate(start=start).map(
+            lambda index, ex: (ex, _element_seed(epoch_seed, index)))
+
+    stop = first_epoch + epochs if epochs else 2**62
+    return tf.data.Dataset.range(first_epoch, stop).flat_map(epoch_elements)
 
 
 def make_pretrain_dataset(
@@ -109,9 +166,11 @@ def make_pretrain_dataset(
         draws a fresh stream each run.
       process_index, process_count: this host's shard (see `source_dataset`).
       skip_batches: batches to fast-forward past (resuming a run): the first batch is the one
-        an uninterrupted pipeline yields after ``skip_batches`` batches. The examples are
-        dropped before the crop/resize, so a fast-forward costs reading and shuffling, not
-        pre-processing; it is exact whenever the element order is (``deterministic``).
+        an uninterrupted pipeline yields after ``skip_batches`` batches. The resume rebuilds
+        the epoch that position falls in and drops records there before decoding them, so it
+        costs at most one epoch of reading (plus counting one epoch's records); it is exact
+        whenever the element order is (``deterministic``) and no record was dropped as
+        corrupt (positions count records).
       shuffle: shuffle files and examples.
       repeat: repeat forever (pre-training); False gives one pass.
       prefetch: batches to prefetch.
@@ -126,19 +185,13 @@ def make_pretrain_dataset(
     if skip_batches < 0:
         raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
     image_size, deterministic = data.image_size, data.deterministic
-    ds = source_dataset(data, masks, stats=stats, seed=seed or 0, process_index=process_index,
-                        process_count=process_count, shuffle_files=shuffle)
-    ds = _element_order(ds, cache=data.cache, repeat=repeat, shuffle=shuffle,
-                        shuffle_buffer=data.shuffle_buffer or 10 * batch_size, seed=seed)
-    # One stateless seed pair per element: reproducible given the element order. (Seeds
-    # folded from the element index would save this zip stage but draw other crops than the
-    # documented runs.)
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
-    if skip_batches:
-        # The map below is one-to-one, so skipping whole batches' worth of (example, seed)
-        # pairs here yields the same batches as skipping batches after it, minus their work.
-        ds = ds.skip(skip_batches * batch_size)
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    reader = make_reader(data, masks, seed=seed, stats=stats, process_index=process_index,
+                         process_count=process_count, shuffle_files=shuffle)
+    ds = _element_order(reader, cache=data.cache, repeat=repeat, shuffle=shuffle,
+                        shuffle_buffer=data.shuffle_buffer or 10 * batch_size, seed=seed,
+                        skip=skip_batches * batch_size)
 
     def preprocess(ex, element_seed):
         views = geometry.two_views(ex["image"], ex["mask"], image_size=image_size,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 import sys
 import time
@@ -30,8 +29,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from detcon_jax import model as model_lib
+from detcon_jax import paths
 
 __all__ = [
     "Backbone",
@@ -76,10 +77,10 @@ class Backbone:
         x = normalize_images(images)
         if train:
             features, updates = self.module.apply(variables, x, train=True,
-                                                  mutable=['batch_stats'])
-            return features.astype(jnp.float32), updates['batch_stats']
+                                                  mutable=["batch_stats"])
+            return features.astype(jnp.float32), updates["batch_stats"]
         features = self.module.apply(variables, x, train=False)
-        return features.astype(jnp.float32), variables['batch_stats']
+        return features.astype(jnp.float32), variables["batch_stats"]
 
     @functools.cached_property
     def _eval_fn(self) -> Callable[[Variables, jax.Array], jax.Array]:
@@ -101,45 +102,45 @@ def infer_resnet_structure(params: Mapping[str, Any], where: str) -> dict[str, A
     the tiny test ResNet) loads without a config.
     """
     try:
-        stem = int(np.shape(params['initial_conv']['kernel'])[-1])
+        stem = int(np.shape(params["initial_conv"]["kernel"])[-1])
         blocks, channels, projection = [], [], []
         for i in range(4):
-            group = params[f'block_group_{i}']
-            num = sum(1 for j in range(len(group)) if f'block_{j}' in group)
-            block = group['block_0']
-            bottleneck = 'conv_2' in block
-            last = block['conv_2' if bottleneck else 'conv_1']['kernel']
+            group = params[f"block_group_{i}"]
+            num = sum(1 for j in range(len(group)) if f"block_{j}" in group)
+            block = group["block_0"]
+            bottleneck = "conv_2" in block
+            last = block["conv_2" if bottleneck else "conv_1"]["kernel"]
             blocks.append(num)
             channels.append(int(np.shape(last)[-1]))
-            projection.append('shortcut_conv' in block)
+            projection.append("shortcut_conv" in block)
     except (KeyError, TypeError, IndexError) as err:
-        raise ValueError(f'{where}: encoder parameters are not a detcon_jax ResNet '
-                         f'(missing {err})') from err
+        raise ValueError(f"{where}: encoder parameters are not a detcon_jax ResNet "
+                         f"(missing {err})") from err
     if stem % 64:
-        raise ValueError(f'{where}: stem conv has {stem} channels, not a multiple of 64')
+        raise ValueError(f"{where}: stem conv has {stem} channels, not a multiple of 64")
     width = stem // 64
     if any(c % width for c in channels):
-        raise ValueError(f'{where}: channels {channels} do not fit width multiplier {width}')
+        raise ValueError(f"{where}: channels {channels} do not fit width multiplier {width}")
     blocks_t = tuple(blocks)
     depth = next((d for d, (b, bn) in model_lib.RESNET_DEPTHS.items()
                   if b == blocks_t and bn == bottleneck), 0)
-    return {'depth': depth, 'width_multiplier': width, 'blocks_per_group': blocks_t,
-            'channels_per_group': tuple(c // width for c in channels),
-            'bottleneck': bottleneck, 'use_projection': tuple(projection)}
+    return {"depth": depth, "width_multiplier": width, "blocks_per_group": blocks_t,
+            "channels_per_group": tuple(c // width for c in channels),
+            "bottleneck": bottleneck, "use_projection": tuple(projection)}
 
 
 def _check_variables(module: model_lib.ResNet, variables: Variables, where: str) -> None:
     expected = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                                   train=False))
-    for collection in ('params', 'batch_stats'):
+    for collection in ("params", "batch_stats"):
         want = jax.tree_util.tree_flatten_with_path(expected[collection])[0]
         have = dict(jax.tree_util.tree_flatten_with_path(variables.get(collection, {}))[0])
         for path, leaf in want:
             if path not in have:
-                raise ValueError(f'{where}: {collection}{jax.tree_util.keystr(path)} missing')
+                raise ValueError(f"{where}: {collection}{jax.tree_util.keystr(path)} missing")
             if tuple(np.shape(have[path])) != tuple(leaf.shape):
-                raise ValueError(f'{where}: {collection}{jax.tree_util.keystr(path)} has shape '
-                                 f'{np.shape(have[path])}, expected {leaf.shape}')
+                raise ValueError(f"{where}: {collection}{jax.tree_util.keystr(path)} has shape "
+                                 f"{np.shape(have[path])}, expected {leaf.shape}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,52 +148,60 @@ def _check_variables(module: model_lib.ResNet, variables: Variables, where: str)
 
 
 def _random_backbone(spec: str, seed: int) -> tuple[model_lib.ResNet, Variables]:
-    match = re.fullmatch(r'random:(tiny|\d+)(?:x(\d+))?', spec)
+    match = re.fullmatch(r"random:(tiny|\d+)(?:x(\d+))?", spec)
     if not match:
-        raise ValueError(f'backbone {spec!r}: expected random:DEPTH, random:DEPTHxWIDTH or '
-                         f'random:tiny')
+        raise ValueError(f"backbone {spec!r}: expected random:DEPTH, random:DEPTHxWIDTH or "
+                         f"random:tiny")
     width = int(match.group(2) or 1)
-    if match.group(1) == 'tiny':
+    if match.group(1) == "tiny":
         module = model_lib.ResNet(depth=18, width_multiplier=width, **model_lib.TINY_RESNET)
     else:
         depth = int(match.group(1))
         if depth not in model_lib.RESNET_DEPTHS:
-            raise ValueError(f'backbone {spec!r}: depth {depth} is not one of '
-                             f'{sorted(model_lib.RESNET_DEPTHS)}')
+            raise ValueError(f"backbone {spec!r}: depth {depth} is not one of "
+                             f"{sorted(model_lib.RESNET_DEPTHS)}")
         module = model_lib.ResNet(depth=depth, width_multiplier=width)
     variables = jax.jit(lambda key: module.init(key, jnp.zeros((1, 32, 32, 3)), train=False))(
         jax.random.key(seed))
     variables = dict(variables)
-    variables['batch_stats'] = jax.tree_util.tree_map_with_path(
+    variables["batch_stats"] = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.ones_like(x) if jax.tree_util.keystr(path).endswith("['var']")
-        else jnp.zeros_like(x), variables['batch_stats'])
+        else jnp.zeros_like(x), variables["batch_stats"])
     return module, variables
 
 
-def _step_dirs(directory: str) -> list[int]:
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(directory, n, 'state')))
+def _resolve_state_dir(path: str, step: int | None) -> tuple[epath.Path, int | None]:
+    """``path`` (workdir, checkpoints dir, step dir or state dir) -> (state item dir, step).
 
+    Only complete checkpoints count (`checkpoint.complete_steps`): an interrupted save, e.g.
+    a step in a bucket without its commit file, is never read.
+    """
+    from detcon_jax import checkpoint
 
-def _resolve_state_dir(path: str, step: int | None) -> tuple[str, int | None]:
-    """``path`` (workdir, checkpoints dir, step dir or state dir) -> (state item dir, step)."""
-    path = os.path.abspath(path)
-    if os.path.basename(path) == 'state' and os.path.isdir(path):
-        return path, None
-    if os.path.isdir(os.path.join(path, 'state')):
-        name = os.path.basename(path)
-        return os.path.join(path, 'state'), int(name) if name.isdigit() else None
-    for directory in (path, os.path.join(path, 'checkpoints')):
-        if os.path.isdir(directory):
-            steps = _step_dirs(directory)
-            if steps:
-                chosen = steps[-1] if step is None else step
-                if chosen not in steps:
-                    raise FileNotFoundError(f'{directory}: no checkpoint for step {step} '
-                                            f'(have {steps})')
-                return os.path.join(directory, str(chosen), 'state'), chosen
-    raise FileNotFoundError(f'{path}: no complete orbax checkpoint found (expected a workdir '
-                            f'with checkpoints/STEP/state)')
+    root = paths.as_path(path)
+    step_dir = None
+    if root.name == "state" and root.is_dir():
+        step_dir = root.parent
+    elif (root / "state").is_dir():
+        step_dir = root
+    if step_dir is not None:
+        if not step_dir.name.isdigit():
+            return step_dir / "state", None
+        if int(step_dir.name) not in checkpoint.complete_steps(step_dir.parent):
+            raise FileNotFoundError(f"{step_dir}: not a complete checkpoint (an interrupted "
+                                    f"save?); give its directory to read the newest complete "
+                                    f"one")
+        return step_dir / "state", int(step_dir.name)
+    for directory in (root, root / "checkpoints"):
+        steps = checkpoint.complete_steps(directory)
+        if steps:
+            chosen = steps[-1] if step is None else step
+            if chosen not in steps:
+                raise FileNotFoundError(f"{directory}: no checkpoint for step {step} "
+                                        f"(have {steps})")
+            return directory / str(chosen) / "state", chosen
+    raise FileNotFoundError(f"{root}: no complete orbax checkpoint found (expected a workdir "
+                            f"with checkpoints/STEP/state)")
 
 
 def _restore_encoder(path: str, step: int | None) -> tuple[Variables, dict[str, Any]]:
@@ -202,9 +211,9 @@ def _restore_encoder(path: str, step: int | None) -> tuple[Variables, dict[str, 
     try:
         with ocp.PyTreeCheckpointer() as checkpointer:
             metadata = checkpointer.metadata(state_dir)
-            tree = getattr(metadata, 'item_metadata', metadata)
-            tree = getattr(tree, 'tree', tree)
-            wanted = {k: tree[k] for k in ('online_params', 'online_batch_stats')}
+            tree = getattr(metadata, "item_metadata", metadata)
+            tree = getattr(tree, "tree", tree)
+            wanted = {k: tree[k] for k in ("online_params", "online_batch_stats")}
             # Restore only the online network, on the host's default device, whatever sharding
             # the training run had; optimiser state and target network stay on disk.
             device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -216,12 +225,12 @@ def _restore_encoder(path: str, step: int | None) -> tuple[Variables, dict[str, 
                         lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract),
                     partial_restore=True))
     except (KeyError, ValueError, FileNotFoundError, TypeError) as err:
-        raise ValueError(f'{state_dir}: cannot restore the online network ({err})') from err
-    params, stats = restored['online_params'], restored['online_batch_stats']
-    if 'encoder' not in params or 'encoder' not in stats:
-        raise ValueError(f'{state_dir}: online network has no encoder sub-tree')
-    return ({'params': params['encoder'], 'batch_stats': stats['encoder']},
-            {'step': chosen, 'state_dir': state_dir})
+        raise ValueError(f"{state_dir}: cannot restore the online network ({err})") from err
+    params, stats = restored["online_params"], restored["online_batch_stats"]
+    if "encoder" not in params or "encoder" not in stats:
+        raise ValueError(f"{state_dir}: online network has no encoder sub-tree")
+    return ({"params": params["encoder"], "batch_stats": stats["encoder"]},
+            {"step": chosen, "state_dir": state_dir})
 
 
 def load_backbone(source: str, *, depth: int | None = None, step: int | None = None,
@@ -241,33 +250,35 @@ def load_backbone(source: str, *, depth: int | None = None, step: int | None = N
       ``feature_dim``, ``structure`` and, for checkpoints, ``step``.
 
     Raises:
-      FileNotFoundError: the path does not exist or holds no checkpoint.
+      FileNotFoundError: the path does not exist or holds no complete checkpoint.
+      paths.UnreachablePathError: a remote path whose bucket cannot be reached.
       ValueError: the checkpoint does not hold a ResNet encoder of a known structure.
     """
-    info: dict[str, Any] = {'source': source}
-    if source.startswith('random:'):
+    info: dict[str, Any] = {"source": source}
+    location = None if source.startswith("random:") else paths.check_reachable(source)
+    if location is None:
         module, variables = _random_backbone(source, seed)
-        info['kind'] = 'random'
-    elif source.endswith('.npy'):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f'{source}: Haiku checkpoint file does not exist')
+        info["kind"] = "random"
+    elif source.endswith(".npy"):
+        if not location.is_file():
+            raise FileNotFoundError(f"{source}: Haiku checkpoint file does not exist")
         from detcon_jax import interop
 
         module, variables = interop.load_haiku_resnet(source, depth=depth)
-        info['kind'] = 'haiku'
+        info["kind"] = "haiku"
     else:
-        if not os.path.exists(source):
-            raise FileNotFoundError(f'{source}: checkpoint path does not exist')
+        if not location.exists():
+            raise FileNotFoundError(f"{source}: checkpoint path does not exist")
         variables, extra = _restore_encoder(source, step)
         info.update(extra)
-        info['kind'] = 'orbax'
-        structure = infer_resnet_structure(variables['params'], source)
+        info["kind"] = "orbax"
+        structure = infer_resnet_structure(variables["params"], source)
         module = model_lib.ResNet(**structure)
         _check_variables(module, variables, source)
-    structure = infer_resnet_structure(variables['params'], source)
-    info['structure'] = structure
-    info['feature_dim'] = structure['channels_per_group'][-1] * structure['width_multiplier']
-    info['depth'] = structure['depth']
+    structure = infer_resnet_structure(variables["params"], source)
+    info["structure"] = structure
+    info["feature_dim"] = structure["channels_per_group"][-1] * structure["width_multiplier"]
+    info["depth"] = structure["depth"]
     return Backbone(module, dict(variables), info), info
 
 
@@ -281,7 +292,7 @@ def _global_pool(features: jax.Array) -> jax.Array:
 
 
 def extract(apply_fn: Callable[[Any], jax.Array], dataset: Iterable[Mapping[str, Any]], *,
-            pool: bool = True, num_examples: int | None = None, description: str = 'features',
+            pool: bool = True, num_examples: int | None = None, description: str = "features",
             log_every_s: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
     """Runs ``apply_fn`` over a data set of batches; returns ``(features, labels)``.
 
@@ -299,17 +310,17 @@ def extract(apply_fn: Callable[[Any], jax.Array], dataset: Iterable[Mapping[str,
     Returns:
       float32 features and the matching labels as numpy arrays.
     """
-    batches = dataset.as_numpy_iterator() if hasattr(dataset, 'as_numpy_iterator') else dataset
+    batches = dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else dataset
     features, labels = [], []
     count, start, last_log = 0, time.perf_counter(), time.perf_counter()
     for batch in batches:
-        out = apply_fn(batch['image'])
+        out = apply_fn(batch["image"])
         if pool:
             out = _global_pool(out)
         out = np.asarray(jax.device_get(out), np.float32)
-        label = np.asarray(batch['label'])
-        if 'valid' in batch:
-            keep = np.asarray(batch['valid'], bool)
+        label = np.asarray(batch["label"])
+        if "valid" in batch:
+            keep = np.asarray(batch["valid"], bool)
             out, label = out[keep], label[keep]
         if num_examples is not None:
             out, label = out[:num_examples - count], label[:num_examples - count]
@@ -318,13 +329,13 @@ def extract(apply_fn: Callable[[Any], jax.Array], dataset: Iterable[Mapping[str,
         count += len(out)
         now = time.perf_counter()
         if now - last_log >= log_every_s:
-            total = f'/{num_examples}' if num_examples else ''
-            progress(f'{description}: {count}{total} images, '
-                     f'{count / max(now - start, 1e-9):.1f} img/s')
+            total = f"/{num_examples}" if num_examples else ""
+            progress(f"{description}: {count}{total} images, "
+                     f"{count / max(now - start, 1e-9):.1f} img/s")
             last_log = now
         if num_examples is not None and count >= num_examples:
             break
     if not features:
-        raise ValueError(f'{description}: the data set yielded no examples')
-    progress(f'{description}: {count} images in {time.perf_counter() - start:.1f}s')
+        raise ValueError(f"{description}: the data set yielded no examples")
+    progress(f"{description}: {count} images in {time.perf_counter() - start:.1f}s")
     return np.concatenate(features), np.concatenate(labels)

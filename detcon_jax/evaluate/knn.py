@@ -38,7 +38,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-@functools.partial(jax.jit, static_argnames=('k', 'num_classes', 'train_chunk'))
+@functools.partial(jax.jit, static_argnames=("k", "num_classes", "train_chunk"))
 def _predict_chunk(test: jax.Array, train: jax.Array, train_labels: jax.Array, *, k: int,
                    temperature: float, num_classes: int, train_chunk: int) -> jax.Array:
     """Class scores ``[T, num_classes]`` of one test block against all (padded) train rows."""
@@ -80,12 +80,12 @@ def knn_predict(train_x: Any, train_y: Any, test_x: Any, *, k: int = 20,
     train_y = np.asarray(train_y, np.int32)
     test_x = np.asarray(test_x, np.float32)
     if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(f'knn: features must be [N, C] and [T, C], got {train_x.shape} and '
-                         f'{test_x.shape}')
+        raise ValueError(f"knn: features must be [N, C] and [T, C], got {train_x.shape} and "
+                         f"{test_x.shape}")
     if len(train_x) != len(train_y) or len(train_x) == 0:
-        raise ValueError(f'knn: {len(train_x)} training features for {len(train_y)} labels')
+        raise ValueError(f"knn: {len(train_x)} training features for {len(train_y)} labels")
     if train_y.min() < 0:
-        raise ValueError('knn: training labels must be non-negative')
+        raise ValueError("knn: training labels must be non-negative")
     num_classes = int(num_classes or train_y.max() + 1)
     k = min(k, len(train_x))
     train_chunk = min(train_chunk, len(train_x))
@@ -116,13 +116,13 @@ def knn_top1(train_x: Any, train_y: Any, test_x: Any, test_y: Any, **kwargs: Any
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='python -m detcon_jax.evaluate.knn',
-        description='Weighted k-NN top-1 of a frozen backbone on a labelled image data set.')
+        prog="python -m detcon_jax.evaluate.knn",
+        description="Weighted k-NN top-1 of a frozen backbone on a labelled image data set.")
     common.add_backbone_args(parser)
     common.add_classification_data_args(parser)
-    parser.add_argument('--k', type=int, default=20, help='neighbours (default 20)')
-    parser.add_argument('--temperature', type=float, default=0.07,
-                        help='vote weight exp(sim / T) (default 0.07)')
+    parser.add_argument("--k", type=int, default=20, help="neighbours (default 20)")
+    parser.add_argument("--temperature", type=float, default=0.07,
+                        help="vote weight exp(sim / T) (default 0.07)")
     return parser
 
 
@@ -132,15 +132,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = common.ClassificationData.from_args(args)
     train_x, train_y = data.features(backbone, split=args.train_split)
     test_x, test_y = data.features(backbone, split=args.test_split)
-    progress(f'k-NN (k={args.k}, T={args.temperature}) on {len(train_x)} train / '
-             f'{len(test_x)} test features')
+    progress(f"k-NN (k={args.k}, T={args.temperature}) on {len(train_x)} train / "
+             f"{len(test_x)} test features")
     top1 = knn_top1(train_x, train_y, test_x, test_y, k=args.k, temperature=args.temperature,
                     num_classes=data.num_classes)
-    return {'task': 'knn', 'top1': top1, 'k': args.k, 'temperature': args.temperature,
-            'num_train': len(train_x), 'num_test': len(test_x),
-            'train_split': args.train_split, 'test_split': args.test_split,
-            'data': args.data, 'image_size': args.image_size,
-            'backbone': common.describe(info)}
+    return {"task": "knn", "top1": top1, "k": args.k, "temperature": args.temperature,
+            "num_train": len(train_x), "num_test": len(test_x),
+            "train_split": args.train_split, "test_split": args.test_split,
+            "data": args.data, "image_size": args.image_size,
+            "backbone": common.describe(info)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,5 +150,5 @@ def main(argv: list[str] | None = None) -> int:
                                     f'T={r["temperature"]}, {r["num_test"]} test images)')
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

@@ -57,7 +57,7 @@ DEFAULT_LEARNING_RATES = (0.01, 0.03, 0.1, 0.3, 1.0)
 def predict(params: dict[str, Any], x: Any, *, chunk: int = 65536) -> np.ndarray:
     """Class ids of a linear classifier ``{'kernel' [C, K], 'bias' [K]}`` on features ``x``."""
     x = np.asarray(x, np.float32)
-    out = [np.asarray(jnp.argmax(x[i:i + chunk] @ params['kernel'] + params['bias'], axis=-1))
+    out = [np.asarray(jnp.argmax(x[i:i + chunk] @ params["kernel"] + params["bias"], axis=-1))
            for i in range(0, len(x), chunk)]
     return np.concatenate(out) if out else np.zeros([0], np.int32)
 
@@ -67,8 +67,8 @@ def top1_accuracy(params: dict[str, Any], x: Any, y: Any) -> float:
     return float(100.0 * np.mean(predict(params, x) == np.asarray(y)))
 
 
-@functools.partial(jax.jit, static_argnames=('num_classes', 'num_epochs', 'batch_size',
-                                             'nesterov'))
+@functools.partial(jax.jit, static_argnames=("num_classes", "num_epochs", "batch_size",
+                                             "nesterov"))
 def _fit(x: jax.Array, y: jax.Array, mean: jax.Array, std: jax.Array, key: jax.Array,
          learning_rate: jax.Array, momentum: jax.Array, weight_decay: jax.Array, *,
          num_classes: int, num_epochs: int, batch_size: int, nesterov: bool
@@ -81,11 +81,11 @@ def _fit(x: jax.Array, y: jax.Array, mean: jax.Array, std: jax.Array, key: jax.A
     optimizer = optax.chain(
         optax.add_decayed_weights(weight_decay),
         optax.sgd(schedule, momentum=momentum, nesterov=nesterov))
-    params = {'kernel': jnp.zeros((dim, num_classes)), 'bias': jnp.zeros((num_classes,))}
+    params = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
     opt_state = optimizer.init(params)
 
     def loss_fn(p, xb, yb):
-        logits = ((xb - mean) / std) @ p['kernel'] + p['bias']
+        logits = ((xb - mean) / std) @ p["kernel"] + p["bias"]
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, yb))
 
     def train_step(carry, indices):
@@ -137,13 +137,13 @@ def train_linear_probe(train_x: Any, train_y: Any, val_x: Any = None, val_y: Any
         x = x[None]
     y = np.asarray(train_y, np.int32)
     if x.ndim != 3 or x.shape[1] != len(y) or len(y) == 0:
-        raise ValueError(f'linear probe: features {np.shape(train_x)} do not match '
-                         f'{len(y)} labels')
+        raise ValueError(f"linear probe: features {np.shape(train_x)} do not match "
+                         f"{len(y)} labels")
     if y.min() < 0:
-        raise ValueError('linear probe: labels must be non-negative')
+        raise ValueError("linear probe: labels must be non-negative")
     num_classes = int(num_classes or y.max() + 1)
     if y.max() >= num_classes:
-        raise ValueError(f'linear probe: label {y.max()} >= num_classes {num_classes}')
+        raise ValueError(f"linear probe: label {y.max()} >= num_classes {num_classes}")
     if standardize:
         mean = x.mean(axis=(0, 1))
         std = x.std(axis=(0, 1)) + 1e-6
@@ -155,12 +155,12 @@ def train_linear_probe(train_x: Any, train_y: Any, val_x: Any = None, val_y: Any
         jnp.float32(weight_decay), num_classes=num_classes, num_epochs=int(num_epochs),
         batch_size=min(int(batch_size), len(y)), nesterov=bool(nesterov))
     # Fold the standardisation into the classifier: W' = W / std, b' = b - (mean / std) W.
-    kernel = np.asarray(params['kernel']) / std[:, None]
-    bias = np.asarray(params['bias']) - mean @ kernel
-    result = {'params': {'kernel': kernel, 'bias': bias}, 'train_loss': float(loss),
-              'val_top1': None}
+    kernel = np.asarray(params["kernel"]) / std[:, None]
+    bias = np.asarray(params["bias"]) - mean @ kernel
+    result = {"params": {"kernel": kernel, "bias": bias}, "train_loss": float(loss),
+              "val_top1": None}
     if val_x is not None:
-        result['val_top1'] = top1_accuracy(result['params'], val_x, val_y)
+        result["val_top1"] = top1_accuracy(result["params"], val_x, val_y)
     return result
 
 
@@ -191,20 +191,20 @@ def linear_probe_protocol(train_x: Any, train_y: Any, test_x: Any, test_y: Any, 
     y = np.asarray(train_y, np.int32)
     x3 = x if x.ndim == 3 else x[None]
     heldout = x3[0] if heldout_x is None else np.asarray(heldout_x, np.float32)
-    kwargs.setdefault('num_classes', int(max(y.max(), np.max(test_y)) + 1))
+    kwargs.setdefault("num_classes", int(max(y.max(), np.max(test_y)) + 1))
     sweep: dict[str, float] = {}
     best = float(learning_rates[0])
     if len(learning_rates) > 1:
         n = len(y)
         num_val = max(1, int(round(heldout_fraction * n)))
         if num_val >= n:
-            raise ValueError(f'linear probe: cannot hold out {num_val} of {n} training images')
+            raise ValueError(f"linear probe: cannot hold out {num_val} of {n} training images")
         order = np.random.default_rng(seed).permutation(n)
         val, fit = order[:num_val], order[num_val:]
         for lr in learning_rates:
             result = train_linear_probe(x3[:, fit], y[fit], heldout[val], y[val],
                                         learning_rate=float(lr), seed=seed, **kwargs)
-            sweep[str(float(lr))] = result['val_top1']
+            sweep[str(float(lr))] = result["val_top1"]
             progress(f'linear probe sweep: lr {lr:g} -> held-out top-1 '
                      f'{result["val_top1"]:.2f}% (loss {result["train_loss"]:.3f})')
         # Ties go to the earlier rate in the sweep.
@@ -213,8 +213,8 @@ def linear_probe_protocol(train_x: Any, train_y: Any, test_x: Any, test_y: Any, 
     final = train_linear_probe(x3, y, test_x, test_y, learning_rate=best, seed=seed, **kwargs)
     progress(f'linear probe: lr {best:g} on all {len(y)} training images -> test top-1 '
              f'{final["val_top1"]:.2f}%')
-    return {'top1': final['val_top1'], 'learning_rate': best, 'sweep': sweep,
-            'params': final['params'], 'train_loss': final['train_loss']}
+    return {"top1": final["val_top1"], "learning_rate": best, "sweep": sweep,
+            "params": final["params"], "train_loss": final["train_loss"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,39 +223,39 @@ def linear_probe_protocol(train_x: Any, train_y: Any, test_x: Any, test_y: Any, 
 
 def _floats(text: str) -> tuple[float, ...]:
     try:
-        values = tuple(float(v) for v in text.split(',') if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}') \
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
             from err
     if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f'expected positive learning rates, got {text!r}')
+        raise argparse.ArgumentTypeError(f"expected positive learning rates, got {text!r}")
     return values
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='python -m detcon_jax.evaluate.linear',
-        description='Linear-probe top-1 of a frozen backbone (BYOL protocol).')
+        prog="python -m detcon_jax.evaluate.linear",
+        description="Linear-probe top-1 of a frozen backbone (BYOL protocol).")
     common.add_backbone_args(parser)
     common.add_classification_data_args(parser)
-    parser.add_argument('--epochs', type=int, default=100)
-    parser.add_argument('--probe_batch_size', type=int, default=1024)
-    parser.add_argument('--learning_rates', type=_floats, default=DEFAULT_LEARNING_RATES,
-                        help='comma-separated sweep (one value skips the sweep)')
-    parser.add_argument('--heldout_fraction', type=float, default=0.1)
-    parser.add_argument('--augment_passes', type=int, default=10,
-                        help='random-crop+flip feature passes over train (cycled over epochs); '
-                             '0 trains on centre-crop features (cheaper)')
-    parser.add_argument('--weight_decay', type=float, default=0.0)
-    parser.add_argument('--no_standardize', action='store_true',
-                        help='do not z-score features (strict BYOL protocol)')
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--probe_batch_size", type=int, default=1024)
+    parser.add_argument("--learning_rates", type=_floats, default=DEFAULT_LEARNING_RATES,
+                        help="comma-separated sweep (one value skips the sweep)")
+    parser.add_argument("--heldout_fraction", type=float, default=0.1)
+    parser.add_argument("--augment_passes", type=int, default=10,
+                        help="random-crop+flip feature passes over train (cycled over epochs); "
+                             "0 trains on centre-crop features (cheaper)")
+    parser.add_argument("--weight_decay", type=float, default=0.0)
+    parser.add_argument("--no_standardize", action="store_true",
+                        help="do not z-score features (strict BYOL protocol)")
     return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the linear probe described by parsed CLI ``args``; returns the results."""
     if args.augment_passes < 0 or args.epochs < 1:
-        raise common.UsageError('--augment_passes must be >= 0 and --epochs >= 1')
+        raise common.UsageError("--augment_passes must be >= 0 and --epochs >= 1")
     backbone, info = common.backbone_from_args(args)
     data = common.ClassificationData.from_args(args)
     center_x, train_y = data.features(backbone, split=args.train_split)
@@ -270,13 +270,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed, num_classes=data.num_classes, num_epochs=args.epochs,
         batch_size=args.probe_batch_size, weight_decay=args.weight_decay,
         standardize=not args.no_standardize)
-    return {'task': 'linear', 'top1': result['top1'], 'learning_rate': result['learning_rate'],
-            'sweep': result['sweep'], 'train_loss': result['train_loss'],
-            'epochs': args.epochs, 'augment_passes': args.augment_passes,
-            'standardize': not args.no_standardize, 'num_train': len(train_y),
-            'num_test': len(test_y), 'train_split': args.train_split,
-            'test_split': args.test_split, 'data': args.data, 'image_size': args.image_size,
-            'backbone': common.describe(info)}
+    return {"task": "linear", "top1": result["top1"], "learning_rate": result["learning_rate"],
+            "sweep": result["sweep"], "train_loss": result["train_loss"],
+            "epochs": args.epochs, "augment_passes": args.augment_passes,
+            "standardize": not args.no_standardize, "num_train": len(train_y),
+            "num_test": len(test_y), "train_split": args.train_split,
+            "test_split": args.test_split, "data": args.data, "image_size": args.image_size,
+            "backbone": common.describe(info)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,5 +286,5 @@ def main(argv: list[str] | None = None) -> int:
                                     f'(lr {r["learning_rate"]:g}, {r["num_test"]} test images)')
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

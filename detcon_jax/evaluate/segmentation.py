@@ -58,8 +58,8 @@ __all__ = [
     "upsample_logits",
 ]
 
-CAMVID_CLASSES = ('Sky', 'Building', 'Pole', 'Road', 'Pavement', 'Tree', 'SignSymbol', 'Fence',
-                  'Car', 'Pedestrian', 'Bicyclist')
+CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
+                  "Car", "Pedestrian", "Bicyclist")
 IGNORE_LABEL = 255
 
 
@@ -67,7 +67,7 @@ IGNORE_LABEL = 255
 # Metrics.
 
 
-@functools.partial(jax.jit, static_argnames=('num_classes', 'ignore_label'))
+@functools.partial(jax.jit, static_argnames=("num_classes", "ignore_label"))
 def _confusion(pred: jax.Array, label: jax.Array, *, num_classes: int,
                ignore_label: int) -> jax.Array:
     label = label.astype(jnp.int32).ravel()
@@ -86,9 +86,9 @@ def confusion_matrix(pred: Any, label: Any, *, num_classes: int,
     """
     pred, label = np.asarray(pred), np.asarray(label)
     if pred.shape != label.shape:
-        raise ValueError(f'confusion matrix: prediction {pred.shape} vs label {label.shape}')
+        raise ValueError(f"confusion matrix: prediction {pred.shape} vs label {label.shape}")
     if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
-        raise ValueError(f'confusion matrix: predictions outside [0, {num_classes})')
+        raise ValueError(f"confusion matrix: predictions outside [0, {num_classes})")
     # float32 bincount is exact below 2**24 pixels per call: count in slices.
     total = np.zeros((num_classes, num_classes), np.int64)
     flat_p, flat_l = pred.ravel(), label.ravel()
@@ -105,10 +105,10 @@ def iou_from_confusion(confusion: Any) -> tuple[np.ndarray, float]:
     confusion = np.asarray(confusion, np.float64)
     tp = np.diag(confusion)
     union = confusion.sum(axis=0) + confusion.sum(axis=1) - tp
-    with np.errstate(invalid='ignore', divide='ignore'):
+    with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
     defined = ~np.isnan(iou)
-    miou = float(iou[defined].mean()) if defined.any() else float('nan')
+    miou = float(iou[defined].mean()) if defined.any() else float("nan")
     return iou, miou
 
 
@@ -120,11 +120,11 @@ def segmentation_metrics(confusion: Any, class_names: Sequence[str] | None = Non
     names = list(class_names) if class_names else [str(i) for i in range(len(iou))]
     total = confusion.sum()
     return {
-        'miou': 100.0 * miou,
-        'pixel_accuracy': float(100.0 * np.trace(confusion) / total) if total else float('nan'),
-        'per_class_iou': {n: (None if np.isnan(v) else float(100.0 * v))
+        "miou": 100.0 * miou,
+        "pixel_accuracy": float(100.0 * np.trace(confusion) / total) if total else float("nan"),
+        "per_class_iou": {n: (None if np.isnan(v) else float(100.0 * v))
                           for n, v in zip(names, iou, strict=True)},
-        'num_pixels': int(total),
+        "num_pixels": int(total),
     }
 
 
@@ -135,7 +135,7 @@ def segmentation_metrics(confusion: Any, class_names: Sequence[str] | None = Non
 def upsample_logits(logits: jax.Array, size: Sequence[int]) -> jax.Array:
     """Bilinear resize of ``[B, h, w, K]`` logits to ``[B, H, W, K]`` (half-pixel centres)."""
     b, _, _, k = logits.shape
-    return jax.image.resize(logits, (b, int(size[0]), int(size[1]), k), 'bilinear')
+    return jax.image.resize(logits, (b, int(size[0]), int(size[1]), k), "bilinear")
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, *,
@@ -160,17 +160,17 @@ def _sgd(learning_rate: jax.Array | float, total_steps: int, momentum: float,
 
 
 def _probe_logits(params: Mapping[str, jax.Array], maps: jax.Array) -> jax.Array:
-    return maps @ params['kernel'] + params['bias']
+    return maps @ params["kernel"] + params["bias"]
 
 
-@functools.partial(jax.jit, static_argnames=('num_classes', 'num_epochs', 'batch_size',
-                                             'ignore_label'))
+@functools.partial(jax.jit, static_argnames=("num_classes", "num_epochs", "batch_size",
+                                             "ignore_label"))
 def _fit_probe(x, y, mean, std, key, learning_rate, momentum, weight_decay, *, num_classes,
                num_epochs, batch_size, ignore_label):
     passes, n, _, _, dim = x.shape
     steps_per_epoch = n // batch_size
     optimizer = _sgd(learning_rate, num_epochs * steps_per_epoch, momentum, weight_decay)
-    params = {'kernel': jnp.zeros((dim, num_classes)), 'bias': jnp.zeros((num_classes,))}
+    params = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
     opt_state = optimizer.init(params)
     label_size = y.shape[-2:]
 
@@ -225,8 +225,8 @@ def train_segmentation_probe(train_maps: Any, train_labels: Any, *, num_classes:
     y = y[None] if y.ndim == 3 else y
     if x.ndim != 5 or y.ndim != 4 or x.shape[1] != y.shape[1] or y.shape[0] not in (
             1, x.shape[0]):
-        raise ValueError(f'segmentation probe: feature maps {np.shape(train_maps)} do not '
-                         f'match labels {np.shape(train_labels)}')
+        raise ValueError(f"segmentation probe: feature maps {np.shape(train_maps)} do not "
+                         f"match labels {np.shape(train_labels)}")
     if standardize:
         mean = x.mean(axis=(0, 1, 2, 3))
         std = x.std(axis=(0, 1, 2, 3)) + 1e-6
@@ -237,12 +237,12 @@ def train_segmentation_probe(train_maps: Any, train_labels: Any, *, num_classes:
         jax.random.key(seed), jnp.float32(learning_rate), jnp.float32(momentum),
         jnp.float32(weight_decay), num_classes=int(num_classes), num_epochs=int(num_epochs),
         batch_size=min(int(batch_size), x.shape[1]), ignore_label=int(ignore_label))
-    kernel = np.asarray(params['kernel']) / std[:, None]
-    bias = np.asarray(params['bias']) - mean @ kernel
-    return {'params': {'kernel': kernel, 'bias': bias}, 'train_loss': float(loss)}
+    kernel = np.asarray(params["kernel"]) / std[:, None]
+    bias = np.asarray(params["bias"]) - mean @ kernel
+    return {"params": {"kernel": kernel, "bias": bias}, "train_loss": float(loss)}
 
 
-@functools.partial(jax.jit, static_argnames=('label_size',))
+@functools.partial(jax.jit, static_argnames=("label_size",))
 def _predict_probe_batch(params, maps, label_size):
     return jnp.argmax(upsample_logits(_probe_logits(params, maps), label_size), axis=-1)
 
@@ -275,12 +275,12 @@ class FCNHead(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i in range(self.num_convs):
-            x = nn.Conv(self.channels, (3, 3), padding='SAME', use_bias=False,
-                        name=f'conv_{i}')(x)
+            x = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False,
+                        name=f"conv_{i}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             name=f'batchnorm_{i}')(x)
+                             name=f"batchnorm_{i}")(x)
             x = nn.relu(x)
-        return nn.Conv(self.num_classes, (1, 1), name='classifier')(x)
+        return nn.Conv(self.num_classes, (1, 1), name="classifier")(x)
 
 
 def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
@@ -302,22 +302,22 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
     head = FCNHead(num_classes=num_classes, channels=head_channels)
     iterator = iter(train_batches)
     first = next(iterator)
-    images = jnp.asarray(first['image'])
+    images = jnp.asarray(first["image"])
     features, _ = backbone.apply(backbone.variables, images[:1], train=False)
     head_vars = head.init(jax.random.key(seed), features, train=False)
-    params = {'backbone': backbone.variables['params'], 'head': head_vars['params']}
-    stats = {'backbone': backbone.variables['batch_stats'], 'head': head_vars['batch_stats']}
+    params = {"backbone": backbone.variables["params"], "head": head_vars["params"]}
+    stats = {"backbone": backbone.variables["batch_stats"], "head": head_vars["batch_stats"]}
     optimizer = _sgd(learning_rate, num_steps, momentum, weight_decay)
     opt_state = optimizer.init(params)
 
     def loss_fn(p, s, image, label):
-        feats, new_backbone = backbone.apply({'params': p['backbone'],
-                                              'batch_stats': s['backbone']}, image, train=True)
-        logits, head_updates = head.apply({'params': p['head'], 'batch_stats': s['head']},
-                                          feats, train=True, mutable=['batch_stats'])
+        feats, new_backbone = backbone.apply({"params": p["backbone"],
+                                              "batch_stats": s["backbone"]}, image, train=True)
+        logits, head_updates = head.apply({"params": p["head"], "batch_stats": s["head"]},
+                                          feats, train=True, mutable=["batch_stats"])
         logits = upsample_logits(logits, label.shape[1:3])
         loss = pixel_cross_entropy(logits, label, ignore_label=ignore_label)
-        return loss, {'backbone': new_backbone, 'head': head_updates['batch_stats']}
+        return loss, {"backbone": new_backbone, "head": head_updates["batch_stats"]}
 
     @jax.jit
     def train_step(p, s, o, image, label):
@@ -327,29 +327,29 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
 
     @jax.jit
     def predict(p, s, image):
-        feats, _ = backbone.apply({'params': p['backbone'], 'batch_stats': s['backbone']},
+        feats, _ = backbone.apply({"params": p["backbone"], "batch_stats": s["backbone"]},
                                   image, train=False)
-        logits = head.apply({'params': p['head'], 'batch_stats': s['head']}, feats, train=False)
+        logits = head.apply({"params": p["head"], "batch_stats": s["head"]}, feats, train=False)
         return jnp.argmax(upsample_logits(logits, image.shape[1:3]), axis=-1)
 
     batch = first
     start = last_log = time.perf_counter()
     for step in range(1, num_steps + 1):
         params, stats, opt_state, loss = train_step(
-            params, stats, opt_state, jnp.asarray(batch['image']), jnp.asarray(batch['label']))
+            params, stats, opt_state, jnp.asarray(batch["image"]), jnp.asarray(batch["label"]))
         now = time.perf_counter()
         if step == num_steps or now - last_log >= log_every_s:
-            progress(f'fine-tune step {step}/{num_steps}: loss {float(loss):.4f} '
-                     f'({step / (now - start):.2f} steps/s)')
+            progress(f"fine-tune step {step}/{num_steps}: loss {float(loss):.4f} "
+                     f"({step / (now - start):.2f} steps/s)")
             last_log = now
         if step < num_steps:
             batch = next(iterator)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for batch in _numpy(eval_batches_fn()):
-        pred = np.asarray(predict(params, stats, jnp.asarray(batch['image'])))
-        label = np.asarray(batch['label'])
-        if 'valid' in batch:
-            keep = np.asarray(batch['valid'], bool)
+        pred = np.asarray(predict(params, stats, jnp.asarray(batch["image"])))
+        label = np.asarray(batch["label"])
+        if "valid" in batch:
+            keep = np.asarray(batch["valid"], bool)
             pred, label = pred[keep], label[keep]
         confusion += confusion_matrix(pred, label, num_classes=num_classes,
                                       ignore_label=ignore_label)
@@ -357,7 +357,7 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
 
 
 def _numpy(dataset: Any) -> Iterable[Mapping[str, Any]]:
-    return dataset.as_numpy_iterator() if hasattr(dataset, 'as_numpy_iterator') else dataset
+    return dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,50 +366,50 @@ def _numpy(dataset: Any) -> Iterable[Mapping[str, Any]]:
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.split(',') if v.strip())
+        return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f'expected comma-separated ints, got {text!r}') from err
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from err
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='python -m detcon_jax.evaluate.segmentation',
-        description='Semantic segmentation mIoU of a backbone: linear probe or fine-tuning.')
+        prog="python -m detcon_jax.evaluate.segmentation",
+        description="Semantic segmentation mIoU of a backbone: linear probe or fine-tuning.")
     common.add_backbone_args(parser)
-    parser.add_argument('--mode', choices=('probe', 'finetune'), default='probe')
-    parser.add_argument('--data', required=True,
-                        help='folder with SPLIT/images/*.jpg and SPLIT/labels/*.png')
-    parser.add_argument('--train_split', default='train')
-    parser.add_argument('--test_split', default=None,
+    parser.add_argument("--mode", choices=("probe", "finetune"), default="probe")
+    parser.add_argument("--data", required=True,
+                        help="folder with SPLIT/images/*.jpg and SPLIT/labels/*.png")
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--test_split", default=None,
                         help="default: 'test' when the folder has one, else 'val'")
-    parser.add_argument('--num_classes', type=int, default=11, help='CamVid: 11')
-    parser.add_argument('--void_ids', type=_ints, default=(11,),
+    parser.add_argument("--num_classes", type=int, default=11, help="CamVid: 11")
+    parser.add_argument("--void_ids", type=_ints, default=(11,),
                         help="label ids to ignore (CamVid: 11 'Unlabelled')")
-    parser.add_argument('--image_size', type=int, default=224)
-    parser.add_argument('--batch_size', type=int, default=16)
-    parser.add_argument('--epochs', type=int, default=50, help='probe epochs')
-    parser.add_argument('--steps', type=int, default=None,
-                        help='fine-tune steps (default: --epochs passes over train)')
-    parser.add_argument('--learning_rate', type=float, default=None,
-                        help='default 0.1 (probe) / 0.01 (finetune)')
-    parser.add_argument('--weight_decay', type=float, default=None,
-                        help='default 0 (probe) / 1e-4 (finetune)')
-    parser.add_argument('--augment_passes', type=int, default=0,
-                        help='probe: extra random-crop+flip feature passes over train')
-    parser.add_argument('--head_channels', type=int, default=256, help='finetune head width')
-    parser.add_argument('--no_standardize', action='store_true')
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=50, help="probe epochs")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tune steps (default: --epochs passes over train)")
+    parser.add_argument("--learning_rate", type=float, default=None,
+                        help="default 0.1 (probe) / 0.01 (finetune)")
+    parser.add_argument("--weight_decay", type=float, default=None,
+                        help="default 0 (probe) / 1e-4 (finetune)")
+    parser.add_argument("--augment_passes", type=int, default=0,
+                        help="probe: extra random-crop+flip feature passes over train")
+    parser.add_argument("--head_channels", type=int, default=256, help="finetune head width")
+    parser.add_argument("--no_standardize", action="store_true")
     return parser
 
 
 def _resolve_splits(args: argparse.Namespace) -> str:
     if not os.path.isdir(args.data):
-        raise common.UsageError(f'--data={args.data}: directory does not exist')
+        raise common.UsageError(f"--data={args.data}: directory does not exist")
     test = args.test_split
     if test is None:
-        test = 'test' if os.path.isdir(os.path.join(args.data, 'test', 'images')) else 'val'
+        test = "test" if os.path.isdir(os.path.join(args.data, "test", "images")) else "val"
     for split in (args.train_split, test):
-        if not os.path.isdir(os.path.join(args.data, split, 'images')):
-            raise common.UsageError(f'--data={args.data}: no {split}/images folder')
+        if not os.path.isdir(os.path.join(args.data, split, "images")):
+            raise common.UsageError(f"--data={args.data}: no {split}/images folder")
     return test
 
 
@@ -419,10 +419,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     test_split = _resolve_splits(args)
     if args.num_classes < 1 or args.epochs < 1 or args.augment_passes < 0:
-        raise common.UsageError('--num_classes and --epochs must be >= 1, --augment_passes >= 0')
+        raise common.UsageError("--num_classes and --epochs must be >= 1, --augment_passes >= 0")
     backbone, info = common.backbone_from_args(args)
 
-    def dataset(split: str, train: bool, crop: str = 'resize', seed: int | None = None):
+    def dataset(split: str, train: bool, crop: str = "resize", seed: int | None = None):
         return data.make_segmentation_dataset(
             args.data, batch_size=args.batch_size, stats=data.PipelineStats(),
             image_size=args.image_size, split=split,
@@ -435,21 +435,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     num_train = data.sources.FolderSource(
         os.path.join(args.data, args.train_split)).num_examples()
     names = CAMVID_CLASSES if args.num_classes == len(CAMVID_CLASSES) else None
-    results: dict[str, Any] = {'task': f'segmentation_{args.mode}', 'mode': args.mode,
-                                'data': args.data, 'train_split': args.train_split,
-                                'test_split': test_split, 'image_size': args.image_size,
-                                'num_classes': args.num_classes, 'void_ids': list(args.void_ids),
-                                'num_train': num_train}
-    if args.mode == 'probe':
+    results: dict[str, Any] = {"task": f"segmentation_{args.mode}", "mode": args.mode,
+                                "data": args.data, "train_split": args.train_split,
+                                "test_split": test_split, "image_size": args.image_size,
+                                "num_classes": args.num_classes, "void_ids": list(args.void_ids),
+                                "num_train": num_train}
+    if args.mode == "probe":
         lr = 0.1 if args.learning_rate is None else args.learning_rate
         maps, labels = extract(backbone, dataset(args.train_split, False), pool=False,
-                               description=f'{args.train_split} feature maps')
+                               description=f"{args.train_split} feature maps")
         if args.augment_passes:
             # Ordered random-crop + flip passes (image and label cropped together), each
             # with its own seed; pass 0 stays the whole-image view.
-            aug = [extract(backbone, dataset(args.train_split, False, 'random',
+            aug = [extract(backbone, dataset(args.train_split, False, "random",
                                              args.seed * 100_003 + i + 1),
-                           pool=False, description=f'augmented pass {i + 1}')
+                           pool=False, description=f"augmented pass {i + 1}")
                    for i in range(args.augment_passes)]
             maps = np.stack([maps] + [a[0] for a in aug])
             labels = np.stack([labels] + [a[1] for a in aug])
@@ -460,10 +460,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed)
         progress(f'probe trained: final epoch loss {probe["train_loss"]:.4f}')
         test_maps, test_labels = extract(backbone, dataset(test_split, False), pool=False,
-                                         description=f'{test_split} feature maps')
-        pred = predict_probe(probe['params'], test_maps, test_labels.shape[1:])
+                                         description=f"{test_split} feature maps")
+        pred = predict_probe(probe["params"], test_maps, test_labels.shape[1:])
         confusion = confusion_matrix(pred, test_labels, num_classes=args.num_classes)
-        results.update(learning_rate=lr, epochs=args.epochs, train_loss=probe['train_loss'],
+        results.update(learning_rate=lr, epochs=args.epochs, train_loss=probe["train_loss"],
                        augment_passes=args.augment_passes,
                        standardize=not args.no_standardize)
     else:
@@ -478,8 +478,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results.update(learning_rate=lr, steps=steps, weight_decay=wd,
                        head_channels=args.head_channels)
     results.update(segmentation_metrics(confusion, names))
-    results['confusion_matrix'] = confusion.tolist()
-    results['backbone'] = common.describe(info)
+    results["confusion_matrix"] = confusion.tolist()
+    results["backbone"] = common.describe(info)
     return results
 
 
@@ -491,5 +491,5 @@ def main(argv: list[str] | None = None) -> int:
                                     f'{r["test_split"]})')
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

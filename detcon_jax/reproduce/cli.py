@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from detcon_jax import paths
 from detcon_jax.configs import ConfigArgError
 from detcon_jax.reproduce.budgets import BUDGETS, METHODS, parse_budget
 from detcon_jax.reproduce.claims import check_claims
@@ -189,8 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2: bad arguments, data or a failed stage)."""
     args = _parser().parse_args(argv)
     try:
+        if paths.is_remote(args.out):
+            # Checked first so that a missing bucket is one line; the report's plots and
+            # log are written with local file APIs, so the folder itself must be local.
+            paths.check_reachable(args.out, what="--out", writable=True)
+            raise ReproduceError(f"--out={args.out}: reproduce writes its report to a local "
+                                 "folder; give a local --out (the workdirs are small)")
         run(args)
-    except (ReproduceError, FileNotFoundError) as err:
+    except (ReproduceError, FileNotFoundError, paths.UnreachablePathError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -54,6 +54,25 @@ class Shard:
         return shard
 
 
+@dataclasses.dataclass(frozen=True)
+class Reader:
+    """A source split in two for resuming cheaply: ``records(epoch)`` is one epoch of this
+    shard's raw records (paths, serialized records, in-memory arrays) in that epoch's file
+    order, cheap to read and to skip; ``examples`` maps a dataset of records to examples
+    (decoding, validation, masks: the expensive stages)."""
+
+    records: Callable[[tf.Tensor], tf.data.Dataset]
+    examples: Callable[[tf.data.Dataset], tf.data.Dataset]
+
+    def epoch_size(self) -> int:
+        """Records per epoch (by reading them, without decoding, when not known statically)."""
+        ds = self.records(tf.constant(0, tf.int64))
+        size = int(ds.cardinality())
+        if size >= 0:
+            return size
+        return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+
 def example(image: Any, mask: Any = None, label: Any = -1, name: Any = "") -> Example:
     """One example dict; an absent mask is an empty ``[0, 0, 1]`` placeholder."""
     if mask is None:
@@ -93,18 +112,25 @@ class Source(abc.ABC):
         """Examples in the split, all hosts together."""
 
     @abc.abstractmethod
-    def dataset(self, shard: Shard, *, shuffle_files: bool, seed: int,
-                stats: framing.PipelineStats, mask_fn: MaskFn) -> tf.data.Dataset:
-        """This shard's examples (see the module docstring), one pass.
+    def reader(self, shard: Shard, *, shuffle_files: bool, seed: int,
+               stats: framing.PipelineStats, mask_fn: MaskFn) -> Reader:
+        """This shard's records per epoch and the stages making examples of them.
 
         Args:
           shard: this host's part.
-          shuffle_files: shuffle the order of files (each pass anew) where the source has
-            several.
+          shuffle_files: shuffle the order of files (anew each epoch, from ``seed`` and the
+            epoch) where the source has several.
           seed: seed of that shuffle (and of generated data).
           stats: where skipped corrupt images are counted.
           mask_fn: per-example function that makes the mask (``mask_sources.make_mask_fn``).
         """
+
+    def dataset(self, shard: Shard, *, shuffle_files: bool, seed: int,
+                stats: framing.PipelineStats, mask_fn: MaskFn) -> tf.data.Dataset:
+        """This shard's examples (see the module docstring), one pass (epoch 0's file order)."""
+        reader = self.reader(shard, shuffle_files=shuffle_files, seed=seed, stats=stats,
+                             mask_fn=mask_fn)
+        return reader.examples(reader.records(tf.constant(0, tf.int64)))
 
 
 class ListedSource(Source):
@@ -118,9 +144,15 @@ class ListedSource(Source):
                 seed: int) -> tuple[tf.data.Dataset, Callable[..., Example]]:
         """This shard's items (paths, arrays, ...) and the function loading one as an example."""
 
-    def dataset(self, shard: Shard, *, shuffle_files: bool, seed: int,
-                stats: framing.PipelineStats, mask_fn: MaskFn) -> tf.data.Dataset:
-        ds, load = self.listing(shard, shuffle_files=shuffle_files, seed=seed)
-        ds = ds.map(load, num_parallel_calls=AUTOTUNE)
-        ds = framing.filter_valid(ds, stats)
-        return ds.map(mask_fn, num_parallel_calls=AUTOTUNE)
+    def reader(self, shard: Shard, *, shuffle_files: bool, seed: int,
+               stats: framing.PipelineStats, mask_fn: MaskFn) -> Reader:
+        items, load = self.listing(shard, shuffle_files=shuffle_files, seed=seed)
+
+        def examples(ds: tf.data.Dataset) -> tf.data.Dataset:
+            ds = ds.map(load, num_parallel_calls=AUTOTUNE)
+            ds = framing.filter_valid(ds, stats)
+            return ds.map(mask_fn, num_parallel_calls=AUTOTUNE)
+
+        # The listing is in memory: every epoch lists the same items (the pipeline's seeded
+        # per-epoch shuffle orders them).
+        return Reader(records=lambda epoch: items, examples=examples)

@@ -94,16 +94,13 @@ class ImagenetFhSource(base.Source):
             return KNOWN_SIZES[(self.split, total)]
         return int(sum(1 for f in files for _ in tf.data.TFRecordDataset(f)))
 
-    def dataset(self, shard: base.Shard, *, shuffle_files: bool, seed: int,
-                stats: framing.PipelineStats, mask_fn: base.MaskFn) -> tf.data.Dataset:
+    def reader(self, shard: base.Shard, *, shuffle_files: bool, seed: int,
+               stats: framing.PipelineStats, mask_fn: base.MaskFn) -> base.Reader:
         pattern = self.pattern
         files = sorted(tf.io.gfile.glob(pattern))
         if not files:
             raise FileNotFoundError(f"imagenet_fh: no TFRecord shards match {pattern}")
         files = shard.select(files, f"imagenet_fh shards {pattern}")
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        if shuffle_files:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         data_dir_name = f"{self.data_dir}/{self.split}:"
         fh_index = self.fh_index
 
@@ -121,8 +118,18 @@ class ImagenetFhSource(base.Source):
             return tf.cond(framing.is_valid_encoded_image(ex["image"]),
                            lambda: mask_fn(_fh_stack_to_mask(ex, fh_index)), lambda: empty)
 
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                           block_length=1, num_parallel_calls=AUTOTUNE)
-        ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
-        return framing.filter_valid(ds, stats, lambda ex: tf.size(ex["mask"]) > 0)
+        def records(epoch):
+            order = tf.constant(files)
+            if shuffle_files:
+                order = tf.random.experimental.stateless_shuffle(
+                    order, seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+            ds = tf.data.Dataset.from_tensor_slices(order)
+            return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                                 block_length=1, num_parallel_calls=AUTOTUNE)
+
+        def examples(ds):
+            ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
+            return framing.filter_valid(ds, stats, lambda ex: tf.size(ex["mask"]) > 0)
+
+        return base.Reader(records=records, examples=examples)
 
