@@ -139,6 +139,9 @@ def validate(config: Any) -> None:
     _require(config.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
     _require(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     _require(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+    _require(_is_int(config.image_every_steps) and config.image_every_steps >= 0,
+             "image_every_steps", f"must be an int >= 0 (0: no image summaries), got "
+             f"{config.image_every_steps!r}")
     sizes = _as_dict(config.mesh)
     _require(bool(sizes), "mesh", "must be a non-empty dict axis -> size")
     for axis, size in sizes.items():

@@ -29,9 +29,13 @@ import jax.numpy as jnp
 
 __all__ = [
     "binary_masks",
+    "cell_ids",
     "gather_masks",
     "grid_segmentation",
     "masked_pool",
+    "num_present_ids",
+    "positive_fraction",
+    "present_ids",
     "sample_mask_ids",
 ]
 
@@ -106,11 +110,42 @@ def sample_mask_ids(
         raise ValueError(
             f"sample_mask_ids: binary_masks must be [B, M, P], got shape {binary_masks.shape}")
     batch = binary_masks.shape[0]
-    present = jnp.sum(binary_masks, axis=-1) > 1e-3  # [B, M]
+    present = present_ids(binary_masks)
     logits = jnp.where(present, 0.0, -jnp.inf)
     # Same key use and sample layout as the official code: [num_samples, B] then transpose.
     ids = jax.random.categorical(rng, logits, axis=-1, shape=(num_samples, batch))
     return ids.T.astype(jnp.int32)
+
+
+def present_ids(binary_masks: jax.Array) -> jax.Array:
+    """bool ``[B, M]``: which ids of ``[B, M, P]`` masks cover more than 1e-3 of a cell (the
+    official threshold of `sample_mask_ids`)."""
+    return jnp.sum(binary_masks, axis=-1) > 1e-3
+
+
+def num_present_ids(binary_masks: jax.Array) -> jax.Array:
+    """int32 ``[B]``: distinct ids per image on the feature grid (those `sample_mask_ids`
+    draws from)."""
+    return jnp.sum(present_ids(binary_masks), axis=-1, dtype=jnp.int32)
+
+
+def cell_ids(binary_masks: jax.Array) -> jax.Array:
+    """int32 ``[B, P]``: the id of each feature-grid cell of one-hot ``[B, M, P]`` masks (the
+    id map the loss pools over, e.g. for pictures of it)."""
+    return jnp.argmax(binary_masks, axis=1).astype(jnp.int32)
+
+
+def positive_fraction(ids1: jax.Array, ids2: jax.Array) -> jax.Array:
+    """Fraction of the sampled regions ``[B, R]`` of both views whose id was also drawn for
+    the same image in the other view.
+
+    Those are the regions with a positive in DetCon's cross-view loss; the others have
+    weight 0 there, so at 0 the loss is exactly 0 (e.g. a 1x1 feature grid, where each view
+    has a single id and the two views rarely share it).
+    """
+    in_other = (ids1[:, :, None] == ids2[:, None, :]).any(-1)  # [B, R]: ids1 in ids2
+    in_this = (ids2[:, :, None] == ids1[:, None, :]).any(-1)
+    return (jnp.mean(in_other.astype(jnp.float32)) + jnp.mean(in_this.astype(jnp.float32))) / 2
 
 
 def gather_masks(binary_masks: jax.Array, mask_ids: jax.Array) -> jax.Array:

@@ -31,13 +31,17 @@ from detcon_jax.model import DetConNetwork
 __all__ = [
     "ENCODER_STRIDE",
     "Schedules",
+    "StepInputs",
     "TrainState",
     "create_train_state",
     "init_keys",
     "make_network",
     "make_optimizer",
     "make_schedules",
+    "make_loss_inputs",
     "make_train_step",
+    "mask_metrics",
+    "step_key",
 ]
 
 ENCODER_STRIDE = 32
@@ -175,17 +179,19 @@ def featurewise_std(x: jax.Array) -> jax.Array:
 
 def _sample_view_masks(config: Any, rng: jax.Array, segmentation: jax.Array,
                        image_size: int, ids: jax.Array | None = None
-                       ) -> tuple[jax.Array, jax.Array]:
-    """Segmentation ``[B, S, S, 1]`` -> sampled masks ``[B, R, P]`` and their ids ``[B, R]``.
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Segmentation ``[B, S, S, 1]`` -> sampled masks ``[B, R, P]``, their ids ``[B, R]`` and
+    the one-hot masks of every id on the grid ``[B, M, P]``.
 
     ``ids``: mask ids chosen by the caller (``[B, R]``, R = ``masks.num_samples``); drawn
     with ``rng`` when None. For the one-mask methods (BYOL, SimCLR) the single mask is the
-    whole image.
+    whole image (id 0 on every cell).
     """
     batch = segmentation.shape[0]
     cells = _feature_size(image_size) ** 2
     if config.masks.source == "none":
-        return jnp.ones((batch, 1, cells), jnp.float32), jnp.zeros((batch, 1), jnp.int32)
+        whole = jnp.ones((batch, 1, cells), jnp.float32)
+        return whole, jnp.zeros((batch, 1), jnp.int32), whole
     if segmentation.ndim == 4 and segmentation.shape[-1] != 1:
         raise ValueError(
             f"batch masks must be [B, S, S, 1] (one segmentation per view), got "
@@ -200,7 +206,91 @@ def _sample_view_masks(config: Any, rng: jax.Array, segmentation: jax.Array,
             f"batch mask ids must be [B={batch}, masks.num_samples="
             f"{config.masks.num_samples}], got {ids.shape}")
     ids = ids.astype(jnp.int32)
-    return masks_lib.gather_masks(binary, ids), ids
+    return masks_lib.gather_masks(binary, ids), ids, binary
+
+
+@flax.struct.dataclass
+class StepInputs:
+    """What the networks and the loss see at one step (global arrays).
+
+    ``views``: the two augmented views ``[B, S, S, 3]`` (after the on-device photometrics);
+    ``masks``: each view's sampled masks ``[B, R, P]`` on the feature grid (``P = h * w``);
+    ``ids``: their ids ``[B, R]``; ``grids``: each view's one-hot masks of every id
+    ``[B, M, P]`` (what the ids were drawn from).
+    """
+
+    views: tuple[jax.Array, jax.Array]
+    masks: tuple[jax.Array, jax.Array]
+    ids: tuple[jax.Array, jax.Array]
+    grids: tuple[jax.Array, jax.Array]
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The key of the step ``state`` is at (see `TrainState`)."""
+    return jax.random.fold_in(state.rng, state.step)
+
+
+def _step_inputs(config: Any, rng: jax.Array, batch: Batch) -> StepInputs:
+    """Augments both views and samples their mask ids with the step key ``rng``."""
+    image_size = batch["view1"].shape[1]
+    aug_rng, mask_rng1, mask_rng2 = jax.random.split(rng, 3)
+    views = augment_lib.augment_views(
+        aug_rng, batch["view1"].astype(jnp.float32), batch["view2"].astype(jnp.float32),
+        view1_config=_plain(config.augment.view1), view2_config=_plain(config.augment.view2))
+    # One draw per view, used by both networks (official: same rng for both forwards).
+    masks1, ids1, grid1 = _sample_view_masks(config, mask_rng1, batch["mask1"], image_size,
+                                             batch.get("mask_ids1"))
+    masks2, ids2, grid2 = _sample_view_masks(config, mask_rng2, batch["mask2"], image_size,
+                                             batch.get("mask_ids2"))
+    return StepInputs(views=views, masks=(masks1, masks2), ids=(ids1, ids2),
+                      grids=(grid1, grid2))
+
+
+def _plain(view_config: Any) -> dict[str, Any] | None:
+    return None if view_config is None else dict(view_config)
+
+
+def mask_metrics(config: Any, inputs: StepInputs) -> Metrics:
+    """Per-step mask statistics (empty for the one-mask methods).
+
+    ``positive_fraction``: the fraction of sampled regions whose id was also drawn in the
+    other view (`masks.positive_fraction`; the others have weight 0 in the loss);
+    ``mask_ids_view1``, ``mask_ids_view2``: distinct ids per image on the feature grid,
+    averaged over the batch.
+    """
+    if config.masks.source == "none":
+        return {}
+    counts = [masks_lib.num_present_ids(g).astype(jnp.float32) for g in inputs.grids]
+    return {"positive_fraction": masks_lib.positive_fraction(*inputs.ids),
+            "mask_ids_view1": counts[0].mean(), "mask_ids_view2": counts[1].mean()}
+
+
+def make_loss_inputs(config: Any, *, num_images: int
+                     ) -> Callable[[jax.Array, Batch], dict[str, jax.Array]]:
+    """Builds the pure ``loss_inputs(key, batch) -> arrays`` for pictures of one step.
+
+    With ``key = step_key(state)`` and the step's batch it returns exactly what
+    ``make_train_step``'s step sees (the same augmentation and mask draws), for the first
+    ``num_images`` images: ``view1``, ``view2`` float ``[N, S, S, 3]`` in [0, 1] (augmented),
+    ``mask1``, ``mask2`` int32 ``[N, S, S]`` (the input segmentations), ``cells1``,
+    ``cells2`` int32 ``[N, h, w]`` (the id of each feature-grid cell the loss pools over)
+    and ``ids1``, ``ids2`` int32 ``[N, R]`` (the sampled ids). Jit it (the whole batch is
+    augmented: each image's draws depend on its row).
+    """
+
+    def loss_inputs(key: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+        inputs = _step_inputs(config, key, batch)
+        side = _feature_size(batch["view1"].shape[1])
+        out = {}
+        for v in (1, 2):
+            out[f"view{v}"] = inputs.views[v - 1]
+            out[f"mask{v}"] = batch[f"mask{v}"].astype(jnp.int32)[..., 0]
+            grid = masks_lib.cell_ids(inputs.grids[v - 1])
+            out[f"cells{v}"] = grid.reshape(grid.shape[0], side, side)
+            out[f"ids{v}"] = inputs.ids[v - 1]
+        return {k: x[:num_images] for k, x in out.items()}
+
+    return loss_inputs
 
 
 def _representation_loss(config: Any, online: tuple[Metrics, Metrics],
@@ -271,8 +361,6 @@ def make_train_step(config: Any, schedules: Schedules,
     # instead of two, and every convolution runs on the whole two-view batch.
     network = make_network(config, num_views=2)
     with_target = uses_target_network(config.method)
-    view_configs = (config.augment.view1, config.augment.view2)
-    view_configs = tuple(None if c is None else dict(c) for c in view_configs)
     num_classes = config.model.num_classes
 
     def forward(params, stats, views, masks):
@@ -282,17 +370,8 @@ def make_train_step(config: Any, schedules: Schedules,
         return model_lib.split_views(outputs, 2), updated["batch_stats"]
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        image_size = batch["view1"].shape[1]
-        rng = jax.random.fold_in(state.rng, state.step)
-        aug_rng, mask_rng1, mask_rng2 = jax.random.split(rng, 3)
-        view1, view2 = augment_lib.augment_views(
-            aug_rng, batch["view1"].astype(jnp.float32), batch["view2"].astype(jnp.float32),
-            view1_config=view_configs[0], view2_config=view_configs[1])
-        # One draw per view, used by both networks (official: same rng for both forwards).
-        masks1, ids1 = _sample_view_masks(config, mask_rng1, batch["mask1"], image_size,
-                                          batch.get("mask_ids1"))
-        masks2, ids2 = _sample_view_masks(config, mask_rng2, batch["mask2"], image_size,
-                                          batch.get("mask_ids2"))
+        inputs = _step_inputs(config, step_key(state), batch)
+        (view1, view2), (masks1, masks2), (ids1, ids2) = inputs.views, inputs.masks, inputs.ids
 
         target_outputs = None
         target_stats = state.target_batch_stats
@@ -343,6 +422,7 @@ def make_train_step(config: Any, schedules: Schedules,
                 pred_std=featurewise_std(prediction),
                 normalized_pred_std=featurewise_std(losses.l2_normalize(prediction, axis=-1)))
         metrics["grad_norm"] = optax.global_norm(grads)
+        metrics.update(mask_metrics(config, inputs))
 
         new_state = state.replace(
             step=state.step + 1,

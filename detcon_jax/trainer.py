@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 
 from detcon_jax import checkpoint as ckpt_lib
 from detcon_jax import config as config_lib
-from detcon_jax import data, distributed, optim, paths, sharding
+from detcon_jax import data, diagnostics, distributed, mask_pictures, optim, paths, sharding
 from detcon_jax import metrics as metrics_lib
 from detcon_jax import step as step_lib
 
@@ -230,6 +230,8 @@ class _MetricWindow:
     def __init__(self) -> None:
         self._steps: list[tuple[int, dict[str, jax.Array]]] = []
         self._checked = 0
+        # The window `means` read last, per step on the host (for the zero-loss check).
+        self.last: list[tuple[int, dict[str, np.ndarray]]] = []
 
     def add(self, step: int, step_metrics: dict[str, jax.Array]) -> None:
         self._steps.append((step, step_metrics))
@@ -250,6 +252,7 @@ class _MetricWindow:
         Single-step values of a small batch are too noisy to show a trend.
         """
         window = jax.device_get([m for _, m in self._steps])
+        self.last = [(step, m) for (step, _), m in zip(self._steps, window, strict=True)]
         self._steps.clear()
         self._checked = 0
         scalars = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
@@ -274,6 +277,47 @@ class _Throughput:
         return steps_per_s, f"{eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
 
 
+class _ImageSummaries:
+    """Every ``image_every_steps`` (0: never), a TensorBoard picture of what the loss sees at
+    that step: both augmented views, their masks, the feature-grid masks and the sampled ids
+    (`mask_pictures.loss_panel`), from the step's own inputs (`step.make_loss_inputs`).
+
+    Every process runs the jitted function (it spans the global batch); process 0 writes.
+    """
+
+    TAG = "masks/what_the_loss_sees"
+    NUM_IMAGES = 4
+    TILE = 128
+
+    def __init__(self, config: Any, mesh: jax.sharding.Mesh, *, is_primary: bool) -> None:
+        self._every, self._primary = config.image_every_steps, is_primary
+        fn = step_lib.make_loss_inputs(config, num_images=self.NUM_IMAGES)
+        self._inputs = jax.jit(fn, out_shardings=sharding.replicated(mesh))
+
+    def maybe_write(self, writer: Any, step: int, state: step_lib.TrainState,
+                    batch: dict[str, jax.Array]) -> None:
+        """Call before training ``step`` on ``batch`` (``state`` is the state it starts from)."""
+        if not self._every or step % self._every:
+            return
+        a = jax.device_get(self._inputs(step_lib.step_key(state), batch))
+        if not self._primary:
+            return
+        rows = mask_pictures.loss_panel(
+            (a["view1"], a["view2"]), (a["mask1"], a["mask2"]), (a["cells1"], a["cells2"]),
+            (a["ids1"], a["ids2"]), tile=self.TILE)
+        picture = mask_pictures.with_header(rows, mask_pictures.LOSS_PANEL_COLUMNS,
+                                            legend=mask_pictures.LOSS_PANEL_LEGEND)
+        writer.write_images(step, {self.TAG: picture[None]})
+
+
+def _mask_summary(scalars: dict[str, float]) -> str:
+    """The console's mask statistics (``""`` for the one-mask methods)."""
+    if "positive_fraction" not in scalars:
+        return ""
+    return (f"  positives {scalars['positive_fraction']:.2f}  ids/view "
+            f"{scalars['mask_ids_view1']:.1f}/{scalars['mask_ids_view2']:.1f}")
+
+
 def train(config: Any, workdir: str, *,
           stop: StopCondition | None = None) -> step_lib.TrainState:
     """Trains ``config`` in ``workdir``, resuming from its newest checkpoint if it has one.
@@ -295,6 +339,8 @@ def train(config: Any, workdir: str, *,
       DataError: a record the pipeline refuses.
     """
     warmup_steps, total_steps = _check(config, workdir)
+    if (grid_warning := diagnostics.feature_grid_warning(config)) is not None:
+        logging.warning(grid_warning)
 
     # Everything is valid: from here on the workdir is written.
     is_primary = jax.process_index() == 0
@@ -316,6 +362,8 @@ def train(config: Any, workdir: str, *,
                                        tensorboard_dir=config.tensorboard_dir)
     stop = _NeverStop() if stop is None else stop
     window = _MetricWindow()
+    zero_watch = diagnostics.ZeroSignalWatch(config, logging.warning)
+    images = _ImageSummaries(config, mesh, is_primary=is_primary)
     throughput = _Throughput(start, total_steps)
 
     logging.info("Training steps %d..%d (%d of warm-up) on %d device(s) in %d process(es); "
@@ -327,6 +375,7 @@ def train(config: Any, workdir: str, *,
         if start < total_steps:
             batch = sharding.global_batch(_next_batch(batches), mesh)
         for step in range(start + 1, total_steps + 1):
+            images.maybe_write(writer, step, state, batch)
             state, step_metrics = train_step(state, batch)
             # One-deep prefetch: the step was dispatched asynchronously, so the next batch's
             # host pipeline read and host-to-device copy run while it computes. A batch
@@ -349,14 +398,15 @@ def train(config: Any, workdir: str, *,
 
             if log:
                 scalars = window.means()
+                zero_watch.check(window.last)
                 steps_per_s, eta = throughput.read(step)
                 scalars["steps_per_s"] = steps_per_s
                 scalars["images_per_s"] = steps_per_s * config.batch_size
                 scalars["skipped_images"] = _skipped_images(data_stats)
                 writer.write_scalars(step, scalars)
-                logging.info("step %d/%d  loss %.4f  lr %.4g  %.2f steps/s  %.1f img/s  ETA %s",
+                logging.info("step %d/%d  loss %.4f  lr %.4g  %.2f steps/s  %.1f img/s  ETA %s%s",
                              step, total_steps, scalars["loss"], scalars["lr"], steps_per_s,
-                             scalars["images_per_s"], eta)
+                             scalars["images_per_s"], eta, _mask_summary(scalars))
 
             if save:
                 # Metrics up to this step reach the disk with (before) its checkpoint, so a

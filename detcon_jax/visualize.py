@@ -1,128 +1,193 @@
-"""Picture tool: a PNG grid of images with their masks and both augmented views with theirs.
+"""Picture tool: a PNG of images with their masks and what the loss sees of their two views.
 
 Usage::
 
   python -m detcon_jax.visualize --source=skimage --mask_source=fh --num_images=4 \\
       --output=/tmp/detcon_masks.png
-  python -m detcon_jax.visualize --source=imagenet_fh --data_dir=/data/imagenet_fh ...
+  python -m detcon_jax.visualize --data_dir=../shared/data/camvid/train --mask_source=gt
+  python -m detcon_jax.visualize --config=experiments/detcon_b_camvid.py \\
+      --data_dir=../shared/data/camvid/train
 
-Each row shows: the original image, the original with its mask overlaid, then view 1 and view 2
-with their masks overlaid (as produced by ``data.two_views``). A mask id has the same
-colour in every panel of a row, so a user can see which regions the two views share; region
-borders are drawn in white.
+Each row shows the original image and the image with its mask, then the panel the
+TensorBoard image summaries of a training run show (`mask_pictures.loss_panel`): view 1
+and view 2 after the crop and the on-device photometric augmentations, each with its mask
+and its loss grid (the masks on the feature grid the loss pools over, the sampled ids, and
+which of them the other view drew too). A mask id has the same colour in every panel.
+
+``--config=FILE.py[:ARG]`` (a training config, as ``train --config``) takes the data, mask
+and augmentation settings from it; the flags given beside it override them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow as tf
-from ml_collections import ConfigDict
-from PIL import Image, ImageDraw
-from skimage.segmentation import find_boundaries
+from PIL import Image
 
+from detcon_jax import config as config_lib
+from detcon_jax import configs, mask_pictures, paths
 from detcon_jax import data as data_lib
+from detcon_jax import step as step_lib
+from detcon_jax.configs import loading
 
-COLUMNS = ("image", "image + mask", "view 1 + mask", "view 2 + mask")
+__all__ = ["COLUMNS", "main", "render_rows", "visualize"]
+
+COLUMNS = ("image", "image + mask", *mask_pictures.LOSS_PANEL_COLUMNS)
+EXIT_CONFIG_ERROR = 2
+# Flag -> config key; a flag left unset keeps the config's value.
+_FLAG_KEYS = {
+    "source": "data.source", "data_dir": "data.path", "split": "data.split",
+    "tfds_name": "data.tfds_name", "image_size": "data.image_size",
+    "fh_scale": "data.fh_scale", "fh_min_size": "data.fh_min_size",
+    "mask_source": "masks.source", "grid_size": "masks.grid_size",
+    "num_samples": "masks.num_samples",
+}
 
 
-def palette(num_ids: int = 256, seed: int = 0) -> np.ndarray:
-    """Fixed random bright colours, float ``[num_ids, 3]`` in [0, 1], one per mask id."""
-    rng = np.random.default_rng(seed)
-    return rng.uniform(0.15, 1.0, size=(num_ids, 3))
+def render_rows(examples: Sequence[dict], config: Any, *, tile: int = 224,
+                seed: int = 0) -> np.ndarray:
+    """Renders examples (``image`` bytes/uint8, ``mask`` uint8 ``[H, W, 1]``) as a grid.
 
-
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blends id colours into an image (float ``[H, W, 3]`` in [0, 1]) and marks borders.
-
-    Returns uint8 ``[H, W, 3]``.
+    The views are cropped as in training (``data.two_views``) and augmented, masked and
+    sampled by the train step's own function (`step.make_loss_inputs`) with the settings of
+    ``config`` (a training config: ``data.image_size``, ``masks``, ``augment``). Returns
+    uint8 ``[header + N * tile, len(COLUMNS) * tile, 3]``.
     """
-    mask = np.asarray(mask).reshape(image.shape[:2]).astype(np.int64) % 256
-    out = (1 - alpha) * image + alpha * palette()[mask]
-    out[find_boundaries(mask, mode="inner")] = 1.0
-    return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
-
-
-def _fit(image: np.ndarray, size: int) -> Image.Image:
-    """Letterboxes an image into a ``size`` x ``size`` grey tile, keeping its aspect ratio."""
-    pil = Image.fromarray(image)
-    scale = size / max(pil.size)
-    resample = Image.Resampling.NEAREST if image.ndim == 2 else Image.Resampling.BILINEAR
-    pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))),
-                     resample)
-    tile = Image.new("RGB", (size, size), (64, 64, 64))
-    tile.paste(pil, ((size - pil.width) // 2, (size - pil.height) // 2))
-    return tile
-
-
-def render_rows(examples: Sequence[dict], *, image_size: int = 224, tile: int = 224,
-                seed: int = 0) -> Image.Image:
-    """Renders examples (``image`` bytes/uint8, ``mask`` uint8 ``[H, W, 1]``) as a grid."""
-    header = 18
-    grid = Image.new("RGB", (tile * len(COLUMNS), header + tile * len(examples)), (0, 0, 0))
-    draw = ImageDraw.Draw(grid)
-    for c, title in enumerate(COLUMNS):
-        draw.text((c * tile + 4, 3), title, fill=(255, 255, 255))
+    size = config.data.image_size
+    images, batch = [], {k: [] for k in ("view1", "view2", "mask1", "mask2")}
     for r, ex in enumerate(examples):
-        image = data_lib.decode_image(ex["image"]).numpy()
+        images.append(data_lib.decode_image(ex["image"]).numpy())
+        views = data_lib.two_views(images[-1], ex["mask"], image_size=size,
+                                   seed=tf.constant([seed, r], tf.int64))
+        for key in batch:
+            batch[key].append(views[key].numpy())
+    batch = {k: np.stack(v) for k, v in batch.items()}
+    inputs = jax.device_get(jax.jit(step_lib.make_loss_inputs(config, num_images=len(images)))(
+        jax.random.PRNGKey(seed), batch))
+    panel = mask_pictures.loss_panel(
+        (inputs["view1"], inputs["view2"]), (inputs["mask1"], inputs["mask2"]),
+        (inputs["cells1"], inputs["cells2"]), (inputs["ids1"], inputs["ids2"]), tile=tile)
+    rows = []
+    for image, ex, loss_row in zip(images, examples, panel, strict=True):
         mask = np.asarray(ex["mask"])[..., 0]
-        views = data_lib.two_views(image, ex["mask"], image_size=image_size,
-                                         seed=tf.constant([seed, r], tf.int64))
-        panels = [
-            image,
-            overlay(image / 255.0, mask),
-            overlay(views["view1"].numpy(), views["mask1"].numpy()),
-            overlay(views["view2"].numpy(), views["mask2"].numpy()),
-        ]
-        for c, panel in enumerate(panels):
-            grid.paste(_fit(panel, tile), (c * tile, header + r * tile))
-    return grid
+        rows.append(np.concatenate([
+            mask_pictures.fit(image, tile),
+            mask_pictures.fit(mask_pictures.overlay(image / 255.0, mask), tile),
+            loss_row], axis=1))
+    return mask_pictures.with_header(np.stack(rows), COLUMNS,
+                                     legend=mask_pictures.LOSS_PANEL_LEGEND)
 
 
-def visualize(output: str | os.PathLike, data: Any, masks: Any, *, num_images: int = 4,
+def visualize(output: str | os.PathLike, config: Any, *, num_images: int = 4,
               tile: int = 224, seed: int = 0) -> str:
-    """Writes the PNG grid for the first ``num_images`` of the source ``data`` (a
-    ``config.data``) with the masks ``masks`` (a ``config.masks``) describes; returns its path.
-    """
-    ds = data_lib.source_dataset(data, masks, stats=data_lib.PipelineStats(), seed=seed)
+    """Writes the PNG grid for the first ``num_images`` of ``config``'s data source (a
+    training config: ``data``, ``masks``, ``augment``); returns its path (local or a URI)."""
+    ds = data_lib.source_dataset(config.data, config.masks, stats=data_lib.PipelineStats(),
+                                 seed=seed)
     examples = [{k: v.numpy() for k, v in ex.items()} for ex in ds.take(num_images)]
     if not examples:
-        raise ValueError(f"source {data.source!r} yielded no images")
-    grid = render_rows(examples, image_size=data.image_size, tile=tile, seed=seed)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    grid.save(output)
+        raise ValueError(f"source {config.data.source!r} yielded no images")
+    grid = render_rows(examples, config, tile=tile, seed=seed)
+    path = paths.as_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        Image.fromarray(grid).save(f, format="PNG")
     return str(output)
 
 
-def main(argv: Sequence[str] | None = None) -> str:
+def data_dir_error(path: str, source: str, flag: str) -> str | None:
+    """The one-line error (with the fix) for a data directory ``source`` cannot read, or
+    None. ``flag``: how the user gave it (``--data_dir`` or ``config key 'data.path'``)."""
+    if not data_lib.data_dir_exists(path):
+        return (f"{flag}={path}: directory not found (give an existing folder, e.g. "
+                "../shared/data/camvid/train)")
+    if source != "folder" or tf.io.gfile.isdir(paths.join(path, "images")):
+        return None
+    splits = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(path)
+                    if tf.io.gfile.isdir(paths.join(path, d, "images")))
+    if splits:
+        split = "train" if "train" in splits else splits[0]
+        return (f"{flag}={path} has no images/ folder but its split folders do "
+                f"({', '.join(splits)}): use {flag}={paths.join(path, split)}")
+    return (f"{flag}={path} has no images/ folder (a 'folder' source reads "
+            "DIR/images/*.jpg|png and, for masks.source='gt', DIR/labels/NAME.png)")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detcon_jax.visualize",
-                                     description=__doc__.split("\n")[0])
+                                     description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None,
+                        help="a training config FILE.py[:ARG] whose data, mask and "
+                             "augmentation settings to show (default: the base config with "
+                             "the source below)")
     parser.add_argument("--output", default="detcon_masks.png")
-    parser.add_argument("--source", default="skimage", choices=tuple(data_lib.SOURCES))
-    parser.add_argument("--mask_source", default="fh", choices=data_lib.MASK_SOURCES)
-    parser.add_argument("--data_dir", default="")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--tfds_name", default="")
+    parser.add_argument("--source", default=None, choices=tuple(data_lib.SOURCES),
+                        help="data source (without --config: 'folder' when --data_dir is "
+                             "given, else 'skimage')")
+    parser.add_argument("--mask_source", default=None, choices=data_lib.MASK_SOURCES,
+                        help="(without --config: 'fh')")
+    parser.add_argument("--data_dir", default=None, help="data.path: e.g. a folder with "
+                        "images/ (and labels/), or the TFRecord shards' folder")
+    parser.add_argument("--split", default=None)
+    parser.add_argument("--tfds_name", default=None)
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="(without --config: 224)")
+    parser.add_argument("--grid_size", type=int, default=None)
+    parser.add_argument("--num_samples", type=int, default=None, help="mask ids per view")
+    parser.add_argument("--fh_scale", type=float, default=None)
+    parser.add_argument("--fh_min_size", type=int, default=None)
     parser.add_argument("--num_images", type=int, default=4)
-    parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--tile", type=int, default=224, help="panel side in pixels")
-    parser.add_argument("--grid_size", type=int, default=4)
-    parser.add_argument("--fh_scale", type=float, default=1000)
-    parser.add_argument("--fh_min_size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    # The config sections the data package reads, filled from the flags.
-    data = ConfigDict(dict(
-        source=args.source, path=args.data_dir, split=args.split, tfds_name=args.tfds_name,
-        image_size=args.image_size, synthetic_num_images=64, fh_scale=args.fh_scale,
-        fh_min_size=args.fh_min_size))
-    masks = ConfigDict(dict(source=args.mask_source, grid_size=args.grid_size, fh_index=0))
-    path = visualize(args.output, data, masks, num_images=args.num_images, tile=args.tile,
-                     seed=args.seed)
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The training config the picture shows: ``--config``'s (or the base config with the
+    picture tool's defaults), with the given flags on top; validated.
+
+    Raises:
+      ConfigError: one line naming the flag, key or path, with the fix.
+    """
+    if args.config:
+        config = loading.load(args.config)
+    else:
+        config = configs.get_config()
+        config.data.source = "folder" if args.data_dir else "skimage"
+    overrides = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items()
+                 if getattr(args, flag) is not None}
+    loading.apply_overrides(config, overrides)
+    if not args.config and config.masks.source == "none":
+        config.method = "byol"  # the one-mask method of the base config's family
+    if config.data.path:
+        flag = "--data_dir" if args.data_dir is not None else "config key 'data.path'"
+        error = data_dir_error(config.data.path, config.data.source, flag)
+        if error:
+            raise config_lib.ConfigError(error)
+    config_lib.validate(config)
+    if args.num_images < 1 or args.tile < 8:
+        raise config_lib.ConfigError("--num_images must be >= 1 and --tile >= 8")
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """Writes the picture; a bad flag, config or data path is one line and exit status 2."""
+    args = _parser().parse_args(argv)
+    try:
+        config = build_config(args)
+        path = visualize(args.output, config, num_images=args.num_images, tile=args.tile,
+                         seed=args.seed)
+    except (config_lib.ConfigError, FileNotFoundError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
     print(path)
     return path
 

@@ -3,7 +3,7 @@
 A ResNet-18 at 128 px (a 4x4 feature grid), batch 8, 200 steps: a few minutes on a 2-core
 CPU (docs/experiments.md), no data to download. The loss (mean over each 10 steps, logged to
 the console, ``WORKDIR/metrics.jsonl`` and TensorBoard under ``WORKDIR/tensorboard``) goes
-down visibly.
+down visibly; TensorBoard's images show what the loss sees every 100 steps.
 
 Run:
     python -m detcon_jax.train --config=experiments/demo.py --workdir=/tmp/detcon_demo
@@ -40,4 +40,5 @@ def get_config() -> config_dict.ConfigDict:
     config.checkpoint.every_steps = 100
     config.checkpoint.keep = 2
     config.log_every_steps = 10
+    config.image_every_steps = 100  # TensorBoard pictures of the views and masks
     return config

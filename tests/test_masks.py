@@ -194,3 +194,22 @@ def test_grid_segmentation_errors():
         M.grid_segmentation(32, 32, 0)
     with pytest.raises(ValueError, match="grid_size=40"):
         M.grid_segmentation(32, 32, 40)
+
+
+def test_cell_ids_and_present_id_counts_on_a_hand_case():
+    # Two images of 4x4 pixels pooled 2x2 -> 2x2 cells: image 0 has ids 3 and 5, image 1
+    # only id 0.
+    seg = np.zeros([2, 4, 4], np.uint8)
+    seg[0] = 3
+    seg[0, :, 2:] = 5
+    binary = M.binary_masks(seg, downsample=2, max_mask_id=8)
+    np.testing.assert_array_equal(M.cell_ids(binary), [[3, 5, 3, 5], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(M.num_present_ids(binary), [2, 1])
+
+
+def test_positive_fraction_counts_regions_with_the_same_id_in_the_other_view():
+    ids1 = np.array([[1, 1, 2, 3], [0, 0, 0, 0]])
+    ids2 = np.array([[1, 4, 4, 4], [5, 5, 5, 5]])
+    # View 1: image 0 has 2 of 4 regions in view 2, image 1 none; view 2: 1 of 4 and none.
+    assert float(M.positive_fraction(ids1, ids2)) == (2 / 8 + 1 / 8) / 2
+    assert float(M.positive_fraction(ids1, ids1)) == 1.0

@@ -168,6 +168,35 @@ def test_one_step_update_order_and_bookkeeping(detcon_b):
                                rtol=f32_tolerance(2))
 
 
+def test_mask_metrics_and_loss_inputs_match_the_step(detcon_b):
+    """The step's mask metrics are those of the ids and grids its inputs function returns
+    for the same state and batch (the pictures show what the step trained on)."""
+    config, _, state, train_step = detcon_b
+    batch = _batch(np.arange(8) % 10)
+    batch["mask2"][:4] = batch["mask1"][:4]  # some images whose views share ids
+    _, metrics = train_step(state, batch)
+    inputs = jax.jit(step_lib.make_loss_inputs(config, num_images=8))(
+        step_lib.step_key(state), batch)
+    ids1, ids2 = np.asarray(inputs["ids1"]), np.asarray(inputs["ids2"])
+    want = np.mean([np.isin(ids1[b], ids2[b]).mean() + np.isin(ids2[b], ids1[b]).mean()
+                    for b in range(8)]) / 2
+    assert 0 < want < 1, (ids1, ids2)  # both kinds of region occur in this batch
+    np.testing.assert_allclose(float(metrics["positive_fraction"]), want, rtol=1e-6)
+    for v in (1, 2):
+        cells = np.asarray(inputs[f"cells{v}"])
+        assert cells.shape == (8, 1, 1)  # 32 px: a 1x1 feature grid
+        assert float(metrics[f"mask_ids_view{v}"]) == 1.0
+        # Each sampled id is on the feature grid (the only one, at 32 px).
+        np.testing.assert_array_equal(np.asarray(inputs[f"ids{v}"]),
+                                      np.broadcast_to(cells.reshape(8, 1), (8, 16)))
+    np.testing.assert_array_equal(inputs["mask1"], batch["mask1"][..., 0])
+    # The views are the step's augmented ones (another program: float32 rounding of
+    # the few operations per pixel of the photometrics).
+    views = _step_views(config, state, batch)
+    for got, want_view in zip((inputs["view1"], inputs["view2"]), views, strict=True):
+        np.testing.assert_allclose(got, want_view, atol=f32_tolerance(1, depth=30))
+
+
 def test_probe_ignores_unlabelled_examples(detcon_b):
     _, _, state, train_step = detcon_b
     _, unlabelled = train_step(state, _batch(np.full(8, -1)))
@@ -202,7 +231,7 @@ def test_byol_one_whole_image_mask():
     # At 96 px (a 3 x 3 feature grid) as at 32 px (1 x 1): one all-ones mask per view.
     for size in (96, SIZE):
         segmentation = np.random.RandomState(2).randint(0, 4, (8, size, size, 1))
-        masks, ids = step_lib._sample_view_masks(config, jax.random.PRNGKey(0),
+        masks, ids, _ = step_lib._sample_view_masks(config, jax.random.PRNGKey(0),
                                                  jnp.asarray(segmentation, jnp.uint8), size)
         cells = step_lib._feature_size(size) ** 2
         np.testing.assert_array_equal(masks, np.ones((8, 1, cells), np.float32))

@@ -49,7 +49,9 @@ Keys:
 - ``batch_size`` (GLOBAL, over all hosts), ``num_epochs``, ``num_steps`` (optional override
   of the derived total), ``mesh`` (axis name -> size, -1 = the remaining devices),
   ``checkpoint`` (``every_steps``, ``keep``), ``tensorboard_dir`` (optional; default
-  ``WORKDIR/tensorboard``), ``log_every_steps``.
+  ``WORKDIR/tensorboard``), ``log_every_steps``, ``image_every_steps`` (TensorBoard
+  pictures of what the loss sees: both augmented views, their masks, the feature-grid masks
+  and the sampled ids; 0 = none).
 """
 
 from __future__ import annotations
@@ -141,5 +143,8 @@ def get_config() -> config_dict.ConfigDict:
     # own GCS client writes gs:// events; a local folder keeps them off the bucket).
     config.tensorboard_dir = config_dict.placeholder(str)
     config.log_every_steps = 100
+    # A picture of the step's views and masks (trainer._ImageSummaries): one small jitted
+    # function every so many steps, negligible next to the steps in between.
+    config.image_every_steps = 1000
     config.lock()
     return config
