@@ -42,7 +42,7 @@ def zero_signal_warning(config: Any, step: int, metrics: Mapping[str, float]) ->
     zero = [k for k in ("loss", "repr_loss", "grad_norm") if k in metrics and metrics[k] == 0]
     if not zero:
         return None
-    what = f"step {step}: {' and '.join(zero)} exactly 0"
+    what = f"step {step}: {', '.join(zero)} {'is' if len(zero) == 1 else 'are'} exactly 0"
     fraction = metrics.get("positive_fraction")
     if fraction is not None and fraction == 0:
         side = _grid_side(config)
