@@ -129,6 +129,32 @@ def tensorboard_scalars(logdir: os.PathLike, tag: str) -> dict[int, float]:
     return values
 
 
+def tensorboard_images(logdir: os.PathLike, tag: str) -> dict:
+    """The pictures of the image summary ``tag`` by step (decoded uint8 ``[H, W, 3]``),
+    read from every event file under ``logdir``.
+
+    ``tf.summary.image`` stores a string tensor ``[width, height, PNG, ...]`` with the
+    ``images`` plugin's metadata.
+    """
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    pictures = {}
+    for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag != tag:
+                    continue
+                assert value.metadata.plugin_data.plugin_name == "images"
+                width, height, png, *more = tf.make_ndarray(value.tensor)
+                assert not more  # one picture per step
+                picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+                assert picture.shape[:2] == (int(height), int(width))
+                pictures[event.step] = picture
+    return pictures
+
+
 # The float32 error scale of one smoke-config training step (tests/tolerances.py): its
 # longest sums are the BatchNorms' over the batch's first feature maps (8 images x 16 x 16
 # = 2048 positions at 32 px), and a value passes ~16 layers forward and as many back. The

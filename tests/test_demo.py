@@ -2,8 +2,8 @@
 
 Runs exactly ``python -m detcon_jax.train --config=experiments/demo.py --workdir=...`` (200
 steps, ~3 min on 2 cores) and checks what the README promises: it finishes, writes
-checkpoints, TensorBoard events (the loss at every logged step) and ``metrics.jsonl``, and its
-loss goes down.
+checkpoints, TensorBoard events (the loss at every logged step, pictures of what the loss
+sees) and ``metrics.jsonl`` (with the mask statistics), and its loss goes down.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_helpers import REPO, subprocess_env, tensorboard_scalars
+from cli_helpers import REPO, subprocess_env, tensorboard_images, tensorboard_scalars
 from tolerances import EPS32
 
 pytestmark = pytest.mark.slow  # the demo's whole 200-step run
@@ -38,6 +38,17 @@ def test_readme_demo_runs_and_its_loss_decreases(tmp_path):
     assert sorted(events) == steps
     for record in records:
         assert events[record["step"]] == pytest.approx(record["loss"], rel=EPS32, abs=0)
+
+    # Pictures of what the loss sees every image_every_steps (100): 4 rows of 128 px tiles,
+    # 6 columns (the views, their masks, their feature-grid masks and sampled ids).
+    pictures = tensorboard_images(workdir / "tensorboard", "masks/what_the_loss_sees")
+    assert sorted(pictures) == [100, 200]
+    for picture in pictures.values():
+        assert picture.shape[1:] == (6 * 128, 3) and picture.shape[0] > 4 * 128
+        assert picture[-4 * 128:].std() > 10
+    # The demo's 4x4 feature grid: several ids per view, most regions with a positive.
+    for record in records:
+        assert record["mask_ids_view1"] > 1 and 0 < record["positive_fraction"] <= 1
 
     losses = np.array([r["loss"] for r in records])
     assert np.all(np.isfinite(losses))

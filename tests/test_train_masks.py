@@ -10,44 +10,18 @@
 
 from __future__ import annotations
 
-import io
 import json
-import pathlib
 
 import numpy as np
 import pytest
-from cli_helpers import RUN, STEPS, run_cli
+from cli_helpers import RUN, STEPS, run_cli, tensorboard_images
 from conftest import smoke_config
-from PIL import Image
 
 from detcon_jax import config as config_lib
 from detcon_jax import diagnostics, mask_pictures
 
-TAG = "masks/what_the_loss_sees"
+TAG = "masks/what_the_loss_sees"  # trainer._ImageSummaries.TAG
 IMAGE_EVERY = 32
-
-
-def tensorboard_images(logdir) -> dict[int, np.ndarray]:
-    """The pictures of ``TAG`` by step, decoded from every event file under ``logdir``.
-
-    ``tf.summary.image`` stores a string tensor ``[width, height, PNG, ...]`` with the
-    ``images`` plugin's metadata.
-    """
-    import tensorflow as tf
-
-    pictures = {}
-    for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.tag != TAG:
-                    continue
-                assert value.metadata.plugin_data.plugin_name == "images"
-                width, height, png, *more = tf.make_ndarray(value.tensor)
-                assert not more  # one picture per step
-                picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-                assert picture.shape[:2] == (int(height), int(width))
-                pictures[event.step] = picture
-    return pictures
 
 
 @pytest.mark.slow
@@ -75,7 +49,7 @@ def test_grid_masks_at_32px_warn_log_positives_and_write_pictures(tmp_path):
     last = [x for x in err if f"step {STEPS}/{STEPS}" in x]  # the console's last line
     assert f"positives {lines[-1]['positive_fraction']:.2f}  ids/view 1.0/1.0" in last[0]
 
-    pictures = tensorboard_images(workdir / "tensorboard")
+    pictures = tensorboard_images(workdir / "tensorboard", TAG)
     assert sorted(pictures) == list(range(IMAGE_EVERY, STEPS + 1, IMAGE_EVERY))
     for picture in pictures.values():
         tile = 128
