@@ -47,9 +47,9 @@ Setting = tuple[float, int]
 def _tf():
     # TensorFlow is imported lazily so that spawned workers start without it until they need
     # it, and so that importing this module stays cheap.
-    import tensorflow as tf
+    from detcon_jax import console
 
-    return tf
+    return console.import_tensorflow()
 
 
 def parse_settings(scales: str | Sequence[float], min_sizes: str | Sequence[int]) -> list[Setting]:

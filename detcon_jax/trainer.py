@@ -22,9 +22,10 @@ step the loop runs five concerns in sequence:
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
@@ -35,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from detcon_jax import checkpoint as ckpt_lib
 from detcon_jax import config as config_lib
-from detcon_jax import data, distributed, optim, paths, sharding
+from detcon_jax import console, data, distributed, optim, paths, sharding
 from detcon_jax import metrics as metrics_lib
 from detcon_jax import step as step_lib
 
@@ -133,19 +134,21 @@ def _make_dataset(config: Any, *, start_batch: int
     # The input pipeline must never take accelerator memory from JAX.
     tf.config.set_visible_devices([], "GPU")
     stats = data.PipelineStats()
+    logging.info("Building the input pipeline (%s source).", config.data.source)
     if start_batch:
         logging.info("Fast-forwarding the input pipeline by %d batches.", start_batch)
-    ds = data.make_pretrain_dataset(
-        config.data,
-        config.masks,
-        batch_size=config.batch_size // jax.process_count(),
-        stats=stats,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        skip_batches=start_batch,
-    )
-    return ds.as_numpy_iterator(), stats
+    with console.native_noise_filtered():
+        ds = data.make_pretrain_dataset(
+            config.data,
+            config.masks,
+            batch_size=config.batch_size // jax.process_count(),
+            stats=stats,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            skip_batches=start_batch,
+        )
+        return ds.as_numpy_iterator(), stats
 
 
 def _next_batch(batches: Iterator[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -171,8 +174,11 @@ def _skipped_images(stats: data.PipelineStats) -> int:
 # ------------------------------------------------------------------------- start-up
 
 
-def _check(config: Any, workdir: str) -> tuple[int, int]:
-    """Every check that can fail before the workdir is written; returns (warmup, total).
+def _check(config: Any, workdir: str) -> tuple[int, int, int | None]:
+    """Every check that can fail before the workdir is written.
+
+    Returns:
+      (warm-up steps, total steps, the workdir's newest complete checkpoint or None).
 
     Raises:
       ConfigError: naming the key, path or checkpoint.
@@ -187,13 +193,17 @@ def _check(config: Any, workdir: str) -> tuple[int, int]:
         raise config_lib.ConfigError(config_lib.data_path_error(path))
     config_lib.validate_runtime(
         config, device_count=jax.device_count(), process_count=jax.process_count())
-    ckpt_lib.check_workdir_compatible(
+    latest = ckpt_lib.check_workdir_compatible(
         checkpoint_dir(workdir), config_lib.model_signature(config))
     if jax.process_count() > 1:
         # Every host reads the workdir before any host writes to it (a host that looked
         # after another created the checkpoint directory would take another code path).
         multihost_utils.sync_global_devices("detcon_jax.trainer: workdir checked")
-    return derive_steps(config, num_examples(config))
+    try:
+        data.check_source(config.data, config.masks)
+    except FileNotFoundError as e:
+        raise config_lib.ConfigError(f"config key 'data.path': {e}") from None
+    return (*derive_steps(config, num_examples(config)), latest)
 
 
 def _init_or_restore(config: Any, mesh: jax.sharding.Mesh, checkpointer: ckpt_lib.Checkpointer,
@@ -206,12 +216,16 @@ def _init_or_restore(config: Any, mesh: jax.sharding.Mesh, checkpointer: ckpt_li
 
     start = checkpointer.latest_step()
     if start is None:
-        logging.info("Initialising a new run.")
-        return sharding.create_sharded(create, mesh), 0, 0
+        with console.phase("Initialising a new run (compiling and running the model's "
+                           f"initialisation on {mesh.size} device(s))"):
+            state = sharding.create_sharded(create, mesh)
+            jax.block_until_ready(state)
+        return state, 0, 0
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
         jax.eval_shape(create))
-    state, meta = checkpointer.restore(abstract, start)
+    with console.phase(f"Restoring {checkpointer.directory} at step {start}"):
+        state, meta = checkpointer.restore(abstract, start)
     logging.info("Resumed from %s at step %d.", checkpointer.directory, start)
     return state, start, int(meta.get("data_position", start))
 
@@ -260,18 +274,109 @@ class _MetricWindow:
 
 
 class _Throughput:
-    """Steps per second since the previous reading, and the time the rest will take."""
+    """Steps per second since the previous reading, and the time the rest will take.
+
+    The ETA divides the remaining steps by the mean rate since `started` (called once the
+    first, compiling step is done): it excludes compilation, and a mean over every step
+    since then is steadier than one window's rate (it includes the checkpoint saves, which
+    the remaining steps will have too).
+    """
 
     def __init__(self, step: int, total: int) -> None:
         self._step, self._time, self._total = step, time.perf_counter(), total
+        self._origin: tuple[int, float] | None = None
+
+    def started(self, step: int) -> None:
+        """``step`` (the first of this process, which compiles) is done: timing starts now."""
+        self._step, self._time = step, time.perf_counter()
+        self._origin = (self._step, self._time)
 
     def read(self, step: int) -> tuple[float, str]:
-        """(steps/s since the previous reading, ETA as ``H:MM:SS``)."""
+        """(steps/s since the previous reading, ETA as ``H:MM:SS``); NaN and ``-:--:--``
+        before any step has been timed."""
         now = time.perf_counter()
-        steps_per_s = (step - self._step) / max(now - self._time, 1e-9)
+        elapsed = now - self._time
+        steps_per_s = (step - self._step) / elapsed if step > self._step else math.nan
         self._step, self._time = step, now
-        eta = int(max((self._total - step) / steps_per_s, 0)) if steps_per_s > 0 else 0
-        return steps_per_s, f"{eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+        if self._origin is None or step <= self._origin[0]:
+            return steps_per_s, "-:--:--"
+        mean_rate = (step - self._origin[0]) / max(now - self._origin[1], 1e-9)
+        return steps_per_s, console.duration((self._total - step) / mean_rate)
+
+
+# --------------------------------------------------------------------- run life cycle
+
+
+def default_compilation_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/detcon_jax/jax`` (default ``~/.cache/detcon_jax/jax``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "detcon_jax", "jax")
+
+
+def compilation_cache_dir(setting: str | None) -> str | None:
+    """The persistent compilation cache a run uses (None: off).
+
+    ``setting`` is ``config.compilation_cache_dir``: a path (or URI) is used as given, ``''``
+    turns the cache off, ``None`` keeps a directory JAX already has (the environment's
+    ``JAX_COMPILATION_CACHE_DIR`` or the caller's ``jax.config``), else the user cache dir.
+    """
+    if setting is not None:
+        return setting or None
+    return jax.config.jax_compilation_cache_dir or default_compilation_cache_dir()
+
+
+def _enable_compilation_cache(setting: str | None) -> None:
+    """A resumed run (or a re-run of a config) loads its compiled programs instead of
+    compiling them again; must run before the process's first compilation."""
+    directory = compilation_cache_dir(setting)
+    if directory and directory != jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", directory)
+    if directory:
+        logging.info("JAX compilation cache: %s", directory)
+
+
+def _first_batch_text(config: Any) -> str:
+    """What the first batch waits for, for the progress line before the first step."""
+    fh_on_the_fly = (config.masks.source == "fh"
+                     and not data.sources.source_class(config.data.source).stored_fh)
+    if fh_on_the_fly:
+        return ("Reading the first batch (Felzenszwalb masks are computed on the host, "
+                "which takes a while at large images)")
+    return "Reading the first batch"
+
+
+def _already_finished(config: Any, workdir: str, latest: int | None, total_steps: int,
+                      mesh: jax.sharding.Mesh, optimizer: Any) -> step_lib.TrainState | None:
+    """The final state, without building the pipeline or the step, when ``workdir`` holds a
+    checkpoint at or past the last step; None otherwise."""
+    if latest is None or latest < total_steps:
+        return None
+    checkpointer = ckpt_lib.Checkpointer(
+        checkpoint_dir(workdir), keep=config.checkpoint.keep,
+        signature=config_lib.model_signature(config))
+    try:
+        state, _, _ = _init_or_restore(config, mesh, checkpointer, optimizer)
+    finally:
+        checkpointer.close()
+    logging.info("%s already finished at step %d (of %d): nothing to train.",
+                 workdir, latest, total_steps)
+    return state
+
+
+def _first_step_done(step_metrics: Mapping[str, jax.Array], throughput: _Throughput,
+                     step: int, *, since: float) -> float:
+    """Waits for the first (compiling) step of this process, then starts timing the steps
+    after it; returns the seconds since ``since`` (the compilation, mostly)."""
+    jax.block_until_ready(step_metrics)
+    throughput.started(step)
+    seconds = time.perf_counter() - since
+    logging.info("First step done in %.1f s (compiling the step, mostly).", seconds)
+    return seconds
+
+
+def _final_loss(scalars: Mapping[str, float]) -> float | None:
+    loss = scalars.get("loss")
+    return None if loss is None else float(loss)
 
 
 def train(config: Any, workdir: str, *,
@@ -294,16 +399,31 @@ def train(config: Any, workdir: str, *,
       NonFiniteError: a NaN/Inf loss or gradient; the newest checkpoint predates it.
       DataError: a record the pipeline refuses.
     """
-    warmup_steps, total_steps = _check(config, workdir)
-
-    # Everything is valid: from here on the workdir is written.
+    started = time.perf_counter()
     is_primary = jax.process_index() == 0
-    if is_primary:
-        _write_config(config, workdir)
+    console.configure(is_primary=is_primary)
+    warmup_steps, total_steps, latest = _check(config, workdir)
+    # Everything is valid: from here on the workdir is written.
+    _enable_compilation_cache(config.compilation_cache_dir)
+    with console.run_log(workdir, is_primary=is_primary):
+        return _train_checked(config, workdir, stop=stop, started=started,
+                              warmup_steps=warmup_steps, total_steps=total_steps, latest=latest)
+
+
+def _train_checked(config: Any, workdir: str, *, stop: StopCondition | None, started: float,
+                   warmup_steps: int, total_steps: int, latest: int | None
+                   ) -> step_lib.TrainState:
+    """`train` after the checks: builds the run (or finds it finished), then loops."""
+    is_primary = jax.process_index() == 0
     mesh = sharding.make_mesh(config_lib.resolve_mesh_shape(config.mesh, jax.device_count()))
     schedules = step_lib.make_schedules(
         config, total_steps=total_steps, warmup_steps=warmup_steps)
     optimizer = step_lib.make_optimizer(config, schedules)
+    finished = _already_finished(config, workdir, latest, total_steps, mesh, optimizer)
+    if finished is not None:
+        return finished
+    if is_primary:
+        _write_config(config, workdir)
     checkpointer = ckpt_lib.Checkpointer(
         checkpoint_dir(workdir), keep=config.checkpoint.keep,
         signature=config_lib.model_signature(config))
@@ -318,14 +438,18 @@ def train(config: Any, workdir: str, *,
     window = _MetricWindow()
     throughput = _Throughput(start, total_steps)
 
-    logging.info("Training steps %d..%d (%d of warm-up) on %d device(s) in %d process(es); "
-                 "the first step compiles.", start + 1, total_steps, warmup_steps,
-                 jax.device_count(), jax.process_count())
+    logging.info("Training steps %d..%d (%d of warm-up) on %d device(s) in %d process(es).",
+                 start + 1, total_steps, warmup_steps, jax.device_count(), jax.process_count())
     peer_lost = False
+    scalars: dict[str, float] = {}
+    compile_s = None
     try:
         batch = None
         if start < total_steps:
-            batch = sharding.global_batch(_next_batch(batches), mesh)
+            with console.phase(_first_batch_text(config)):
+                batch = sharding.global_batch(_next_batch(batches), mesh)
+            logging.info("Compiling the train step (the first step)...")
+        compile_begun = time.perf_counter()
         for step in range(start + 1, total_steps + 1):
             state, step_metrics = train_step(state, batch)
             # One-deep prefetch: the step was dispatched asynchronously, so the next batch's
@@ -335,6 +459,9 @@ def train(config: Any, workdir: str, *,
             if step < total_steps:
                 batch = sharding.global_batch(_next_batch(batches), mesh)
             window.add(step, step_metrics)
+            if step == start + 1:
+                compile_s = _first_step_done(step_metrics, throughput, step,
+                                             since=compile_begun)
 
             stopping = stop.should_stop(step)
             save = stopping or _checkpoint_due(
@@ -368,7 +495,11 @@ def train(config: Any, workdir: str, *,
                                 step)
                 break
         else:
-            logging.info("Training finished at step %d.", total_steps)
+            logging.info("%s", console.summary(
+                workdir=workdir, tensorboard_dir=paths.tensorboard_dir(
+                    workdir, config.tensorboard_dir), total_steps=total_steps,
+                final_loss=_final_loss(scalars), wall_s=time.perf_counter() - started,
+                compile_s=compile_s))
     except Exception as e:
         peer_lost = distributed.lost_peer(e) is not None
         raise

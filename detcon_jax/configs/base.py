@@ -49,7 +49,10 @@ Keys:
 - ``batch_size`` (GLOBAL, over all hosts), ``num_epochs``, ``num_steps`` (optional override
   of the derived total), ``mesh`` (axis name -> size, -1 = the remaining devices),
   ``checkpoint`` (``every_steps``, ``keep``), ``tensorboard_dir`` (optional; default
-  ``WORKDIR/tensorboard``), ``log_every_steps``.
+  ``WORKDIR/tensorboard``), ``log_every_steps``, ``compilation_cache_dir`` (optional; JAX's
+  persistent compilation cache: default ``$JAX_COMPILATION_CACHE_DIR`` when set, else
+  ``~/.cache/detcon_jax/jax``; ``''`` turns it off), ``init_checkpoint`` (optional: the
+  encoder to start from, see ``detcon_jax.trainer``).
 """
 
 from __future__ import annotations
@@ -141,5 +144,11 @@ def get_config() -> config_dict.ConfigDict:
     # own GCS client writes gs:// events; a local folder keeps them off the bucket).
     config.tensorboard_dir = config_dict.placeholder(str)
     config.log_every_steps = 100
+    # JAX's persistent compilation cache (a resume loads the compiled step): None = the
+    # environment's JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/detcon_jax/jax; '' = off.
+    config.compilation_cache_dir = config_dict.placeholder(str)
+    # Start from an imported encoder (online and target): a `convert haiku-to-orbax` output,
+    # a training workdir or a released Haiku .npy; None = a fresh initialisation.
+    config.init_checkpoint = config_dict.placeholder(str)
     config.lock()
     return config

@@ -27,7 +27,12 @@ from detcon_jax.data.mask_sources import (
     felzenszwalb_tf,
     grid_mask,
 )
-from detcon_jax.data.pretrain import make_pretrain_dataset, num_examples, source_dataset
+from detcon_jax.data.pretrain import (
+    check_source,
+    make_pretrain_dataset,
+    num_examples,
+    source_dataset,
+)
 from detcon_jax.data.sources import (
     SKIMAGE_PHOTOS,
     SOURCES,
@@ -45,6 +50,7 @@ __all__ = [
     "PipelineStats",
     "Source",
     "center_crop_window",
+    "check_source",
     "class_folder_files",
     "data_dir_exists",
     "decode_id_png",

@@ -77,6 +77,12 @@ def make_reader(data: Any, masks: Any, *, seed: int, stats: PipelineStats,
         stats=stats, mask_fn=mask_fn)
 
 
+def check_source(data: Any, masks: Any = None) -> None:
+    """Raises `FileNotFoundError` naming the path and the fix when ``config.data``'s files are
+    not laid out as its source expects (e.g. a data-set root instead of its ``train/``)."""
+    sources.from_config(data, masks).check()
+
+
 def num_examples(data: Any) -> int:
     """Examples in the split ``config.data`` describes (all hosts together), for deriving steps.
 

@@ -111,6 +111,11 @@ class Source(abc.ABC):
     def num_examples(self) -> int:
         """Examples in the split, all hosts together."""
 
+    def check(self) -> None:
+        """Raises `FileNotFoundError` (naming the path and the fix) when the source's files are
+        not laid out as it expects; cheap (no decoding). Default: nothing to check."""
+        return None
+
     @abc.abstractmethod
     def reader(self, shard: Shard, *, shuffle_files: bool, seed: int,
                stats: framing.PipelineStats, mask_fn: MaskFn) -> Reader:
