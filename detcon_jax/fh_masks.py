@@ -301,6 +301,9 @@ def generate(
     """
     from tqdm import tqdm
 
+    if not os.path.exists(input_path) and not glob.glob(str(input_path)):
+        raise FileNotFoundError(f"--input={input_path}: no such file or folder (give an image "
+                                "folder, a TFRecord file, a folder of them or a glob)")
     output = paths.check_reachable(output_dir, what="--output", writable=True)
     tf = _tf()
     settings = [(float(s), int(m)) for s, m in settings]

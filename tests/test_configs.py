@@ -203,6 +203,15 @@ def test_warmup_longer_than_a_short_run_says_the_fix(tmp_path, data_dir):
     assert "--config.optim.warmup_epochs=0" in line, line
 
 
+def test_data_path_at_the_dataset_root_names_the_split_to_give(tmp_path, data_dir):
+    # CamVid's root holds train/ and val/, each with images/ and labels/.
+    root = data_dir / "camvid"
+    line = _one_error_line(_train(tmp_path, "--config=experiments/detcon_b_camvid.py",
+                                  f"--config.data.path={root}"), tmp_path)
+    assert line.startswith(f"error: config key 'data.path': {root} has no images/ folder"), line
+    assert f"use e.g. --config.data.path={root / 'train'}" in line, line
+
+
 # --------------------------------------------------------------------------------------------
 # The reproduction's configs.
 
