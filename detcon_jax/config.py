@@ -131,6 +131,10 @@ def validate(config: Any) -> None:
     if d.path and not is_url(d.path) and not os.path.isdir(os.path.expanduser(d.path)):
         raise ConfigError(data_path_error(d.path))
 
+    init = config.get("init_checkpoint")
+    if init and not is_url(init) and not os.path.exists(os.path.expanduser(init)):
+        raise ConfigError(f"config key 'init_checkpoint': {init}: no such file or directory "
+                          "(give a `convert haiku-to-orbax` output, a workdir or a Haiku .npy)")
     _require(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
     _validate_loss(config)
     _require(config.num_epochs >= 1, "num_epochs", f"must be >= 1, got {config.num_epochs}")

@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from detcon_jax import checkpoint as ckpt_lib
 from detcon_jax import config as config_lib
-from detcon_jax import console, data, distributed, optim, paths, sharding
+from detcon_jax import console, data, distributed, optim, paths, sharding, warm_start
 from detcon_jax import metrics as metrics_lib
 from detcon_jax import step as step_lib
 
@@ -174,11 +174,13 @@ def _skipped_images(stats: data.PipelineStats) -> int:
 # ------------------------------------------------------------------------- start-up
 
 
-def _check(config: Any, workdir: str) -> tuple[int, int, int | None]:
+def _check(config: Any, workdir: str
+           ) -> tuple[int, int, int | None, warm_start.Variables | None]:
     """Every check that can fail before the workdir is written.
 
     Returns:
-      (warm-up steps, total steps, the workdir's newest complete checkpoint or None).
+      (warm-up steps, total steps, the workdir's newest complete checkpoint or None, the
+      ``init_checkpoint`` encoder of a new run or None).
 
     Raises:
       ConfigError: naming the key, path or checkpoint.
@@ -203,12 +205,22 @@ def _check(config: Any, workdir: str) -> tuple[int, int, int | None]:
         data.check_source(config.data, config.masks)
     except FileNotFoundError as e:
         raise config_lib.ConfigError(f"config key 'data.path': {e}") from None
-    return (*derive_steps(config, num_examples(config)), latest)
+    warmup, total = derive_steps(config, num_examples(config))
+    encoder = None
+    if config.init_checkpoint and latest is None:
+        schedules = step_lib.make_schedules(config, total_steps=total, warmup_steps=warmup)
+        optimizer = step_lib.make_optimizer(config, schedules)
+        abstract = jax.eval_shape(lambda: step_lib.create_train_state(
+            config, jax.random.PRNGKey(config.seed), optimizer=optimizer))
+        encoder = warm_start.load(config.init_checkpoint, abstract)
+    return warmup, total, latest, encoder
 
 
 def _init_or_restore(config: Any, mesh: jax.sharding.Mesh, checkpointer: ckpt_lib.Checkpointer,
-                     optimizer: Any) -> tuple[step_lib.TrainState, int, int]:
-    """(state, step, data position): the newest complete checkpoint's, or a new run's."""
+                     optimizer: Any, encoder: warm_start.Variables | None = None
+                     ) -> tuple[step_lib.TrainState, int, int]:
+    """(state, step, data position): the newest complete checkpoint's, or a new run's (with
+    ``encoder``, when given, as its online and target encoder)."""
 
     def create() -> step_lib.TrainState:
         return step_lib.create_train_state(
@@ -220,7 +232,14 @@ def _init_or_restore(config: Any, mesh: jax.sharding.Mesh, checkpointer: ckpt_li
                            f"initialisation on {mesh.size} device(s))"):
             state = sharding.create_sharded(create, mesh)
             jax.block_until_ready(state)
+        if encoder is not None:
+            state = warm_start.apply(state, encoder)
+            logging.info("Encoder (online and target) initialised from %s.",
+                         config.init_checkpoint)
         return state, 0, 0
+    if config.init_checkpoint:
+        logging.info("Resuming: init_checkpoint %s is not read (the workdir's checkpoint "
+                     "holds the encoder).", config.init_checkpoint)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
         jax.eval_shape(create))
@@ -402,17 +421,18 @@ def train(config: Any, workdir: str, *,
     started = time.perf_counter()
     is_primary = jax.process_index() == 0
     console.configure(is_primary=is_primary)
-    warmup_steps, total_steps, latest = _check(config, workdir)
+    warmup_steps, total_steps, latest, encoder = _check(config, workdir)
     # Everything is valid: from here on the workdir is written.
     _enable_compilation_cache(config.compilation_cache_dir)
     with console.run_log(workdir, is_primary=is_primary):
         return _train_checked(config, workdir, stop=stop, started=started,
-                              warmup_steps=warmup_steps, total_steps=total_steps, latest=latest)
+                              warmup_steps=warmup_steps, total_steps=total_steps, latest=latest,
+                              encoder=encoder)
 
 
 def _train_checked(config: Any, workdir: str, *, stop: StopCondition | None, started: float,
-                   warmup_steps: int, total_steps: int, latest: int | None
-                   ) -> step_lib.TrainState:
+                   warmup_steps: int, total_steps: int, latest: int | None,
+                   encoder: warm_start.Variables | None) -> step_lib.TrainState:
     """`train` after the checks: builds the run (or finds it finished), then loops."""
     is_primary = jax.process_index() == 0
     mesh = sharding.make_mesh(config_lib.resolve_mesh_shape(config.mesh, jax.device_count()))
@@ -427,7 +447,7 @@ def _train_checked(config: Any, workdir: str, *, stop: StopCondition | None, sta
     checkpointer = ckpt_lib.Checkpointer(
         checkpoint_dir(workdir), keep=config.checkpoint.keep,
         signature=config_lib.model_signature(config))
-    state, start, data_start = _init_or_restore(config, mesh, checkpointer, optimizer)
+    state, start, data_start = _init_or_restore(config, mesh, checkpointer, optimizer, encoder)
     train_step = sharding.jit_train_step(
         step_lib.make_train_step(config, schedules, optimizer,
                                  num_devices=mesh.shape.get(sharding.DATA_AXIS, 1)), mesh)
