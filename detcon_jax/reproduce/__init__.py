@@ -68,6 +68,12 @@ of ImageNet/COCO, a few hundred steps instead of hundreds of thousands, and line
 instead of fine-tuned Mask R-CNN / FCN transfer. The numbers are ours; the paper's claims are
 quoted beside them only qualitatively.
 
+Verdicts carry their noise (``claims``): a difference within two combined standard errors is a
+tie; the error bars come from the pretraining seeds when ``--seed_runs`` names finished runs
+of the same budget with other ``--pretrain_seed`` values, else from the probes' test-set
+sampling noise (top-1 accuracies only). The ``tiny`` budget's verdicts are marked as a smoke
+test.
+
 Modules (imports run one way, ``cli`` down to ``common``): ``budgets`` (methods, budgets and
 their pretraining configs), ``pretrain_config`` (the config file of the train subprocesses),
 ``training`` (pretraining subprocesses, the random-init checkpoint), ``data`` (the CamVid

@@ -21,7 +21,7 @@ from detcon_jax.reproduce.claims import check_claims
 from detcon_jax.reproduce.common import ReproduceError, duration, log, read_json, write_json
 from detcon_jax.reproduce.data import check_camvid, cifar_subset
 from detcon_jax.reproduce.evaluation import evaluate
-from detcon_jax.reproduce.report import final_loss, machine, plot, render_markdown
+from detcon_jax.reproduce.report import final_loss, machine, plot, render_markdown, seed_runs
 from detcon_jax.reproduce.training import run_training, save_initial_state
 
 
@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="seed of every pretraining (initialisation, augmentation, mask "
                              "sampling) and of the random-init baseline; repeat a run with "
                              "other values to see the pretraining-seed noise")
+    parser.add_argument("--seed_runs", default="",
+                        help="comma-separated --out folders of finished runs of the same "
+                             "budget with other --pretrain_seed values: the report's error "
+                             "bars and verdicts then come from the spread over the seeds")
     parser.add_argument("--num_steps", type=int, default=None,
                         help="pretraining steps of every method (default: the budget's)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -54,6 +58,30 @@ def _parser() -> argparse.ArgumentParser:
                              "accelerator); with more than 1 every method is pretrained "
                              "before the probes start")
     return parser
+
+
+def _other_seeds(spec: str, budget: Any) -> list[dict[str, Any]]:
+    """The probe values of the ``--seed_runs`` folders: finished runs of ``budget``'s
+    settings with other pretraining seeds (each checked)."""
+    others: list[dict[str, Any]] = []
+    seeds = {budget.pretrain_seed}
+    for out in [p.strip() for p in spec.split(",") if p.strip()]:
+        results = read_json(os.path.join(out, "results.json"))
+        if not results:
+            raise ReproduceError(f"--seed_runs: {out} holds no results.json (a finished run)")
+        settings = dict(results.get("budget_settings", {}))
+        seed = settings.pop("pretrain_seed", 0)
+        mine = json.loads(json.dumps(dataclasses.asdict(budget)))
+        mine.pop("pretrain_seed")
+        if settings != mine:
+            raise ReproduceError(f"--seed_runs: {out} is a run of other budget settings")
+        if seed in seeds:
+            raise ReproduceError(f"--seed_runs: {out} repeats pretraining seed {seed}")
+        seeds.add(seed)
+        others.append({"out": out, "pretrain_seed": seed, "methods": {
+            name: {key: row.get(key) for key in ("linear", "knn", "segmentation")}
+            for name, row in results["methods"].items()}})
+    return others
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,6 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ReproduceError(f"--num_steps must be >= 1, got {args.num_steps}")
         budget = dataclasses.replace(budget, num_steps=args.num_steps)
     budget = dataclasses.replace(budget, pretrain_seed=args.pretrain_seed)
+    other_seeds = _other_seeds(args.seed_runs, budget)  # checked before any stage runs
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     unknown = sorted(set(names) - {m.name for m in METHODS})
     if unknown:
@@ -170,8 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "segmentation_split": seg_split,
         "methods": rows,
     }
+    results["other_seeds"] = other_seeds
     if len(chosen) == len(METHODS):
-        results["claims"] = check_claims(rows)
+        results["claims"] = check_claims(seed_runs(results), budget=budget.name)
     results["wall_time_s"] = time.perf_counter() - wall_start
     # A resumed run's wall time covers only its own part; this sums every stage's time.
     results["stage_time_s"] = sum(
