@@ -12,7 +12,8 @@ A run logs through absl (``absl.logging``), the command line's and the notebook'
 * `configure` (called by ``trainer.train``): from plain Python, where no absl handler is
   installed, a stderr handler at INFO in absl's format, so ``train(config, workdir)`` logs
   as the CLI does; an application that configured logging itself keeps its handlers. In a
-  multi-process run only process 0 logs INFO; the others log warnings and errors.
+  multi-process run only process 0 logs INFO; the others log warnings and errors, unless
+  absl's ``--verbosity`` is given on the command line (``--verbosity=0``: every process).
 * `RunLog`: process 0's log lines, also in ``WORKDIR/train.log`` (a URI too). A local file is
   appended to line by line; an object in a bucket is rewritten from memory at most once a
   minute and when the run ends (a bucket cannot append; a log is a few hundred KB).
@@ -122,13 +123,20 @@ class _PlainPythonHandler(logging.StreamHandler):
         self.setFormatter(absl_logging.PythonFormatter())
 
 
+def _verbosity_given() -> bool:
+    """Whether the command line set absl's ``--verbosity`` (``-v``): then every process logs
+    at that level (e.g. ``--verbosity=0`` to see each host's progress)."""
+    flag_values = absl_logging.flags.FLAGS
+    return flag_values.is_parsed() and flag_values["verbosity"].present > 0
+
+
 def configure(*, is_primary: bool) -> None:
     """Console logging of a run (see the module docstring); safe to call again."""
     quiet_libraries()
     absl_logger = absl_logging.get_absl_logger()
     if not _absl_handler_active() and not logging.root.handlers:
         logging.root.addHandler(_PlainPythonHandler())
-    if not is_primary:
+    if not is_primary and not _verbosity_given():
         absl_logging.set_verbosity(absl_logging.WARNING)
         absl_logger.setLevel(logging.WARNING)
     elif not _absl_handler_active() and absl_logger.level == logging.NOTSET:
@@ -219,7 +227,10 @@ def phase(what: str) -> Iterator[None]:
     absl_logging.info("%s: done in %.1f s.", what, time.perf_counter() - start)
 
 
+# The lines of `phase` name its caller, not this module or contextlib.
 absl_logging.ABSLLogger.register_frame_to_skip(__file__, "phase")
+for _name in ("__enter__", "__exit__"):
+    absl_logging.ABSLLogger.register_frame_to_skip(contextlib.__file__, _name)
 
 
 def summary(*, workdir: str, tensorboard_dir: str, total_steps: int, final_loss: float | None,

@@ -98,7 +98,7 @@ class _LocalRun:
         self.proc = subprocess.Popen(
             ["bash", str(REPO / "launch" / "local.sh"), f"--config={SMOKE}",
              f"--workdir={workdir}", "--processes=2", f"--port={free_port()}",
-             f"--python={python}", "--", *RUN],
+             f"--python={python}", "--", *RUN, "--verbosity=0"],  # both processes log
             cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
