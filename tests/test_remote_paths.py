@@ -176,6 +176,20 @@ def test_metrics_jsonl_in_a_bucket_holds_every_step_once_across_a_resume(bucket_
     assert not epath.Path(parts).exists()
 
 
+def test_train_log_in_a_bucket_keeps_every_run(bucket_dir):
+    import logging
+
+    from detcon_jax import console
+
+    logger = logging.getLogger("detcon_jax_test_remote_log")
+    logger.setLevel(logging.INFO)
+    for text in ("first run", "resumed run"):
+        with console.run_log(bucket_dir, is_primary=True):
+            logger.info(text)
+    lines = epath.Path(bucket_dir, console.LOG_NAME).read_text().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["first run", "resumed run"]
+
+
 def test_metrics_rewrite_interrupted_before_its_parts_were_deleted(bucket_dir):
     path = f"{bucket_dir}/metrics.jsonl"
     lines = [{"step": s, "loss": float(s)} for s in range(1, 9)]
