@@ -14,6 +14,8 @@ A run logs through absl (``absl.logging``), the command line's and the notebook'
   as the CLI does; an application that configured logging itself keeps its handlers. In a
   multi-process run only process 0 logs INFO; the others log warnings and errors, unless
   absl's ``--verbosity`` is given on the command line (``--verbosity=0``: every process).
+* `phase` and `Throughput`: the progress lines of the silent start-up phases, and steps/s
+  with an ETA that excludes compilation; `summary`: the end-of-run lines.
 * `RunLog`: process 0's log lines, also in ``WORKDIR/train.log`` (a URI too). A local file is
   appended to line by line; an object in a bucket is rewritten from memory at most once a
   minute and when the run ends (a bucket cannot append; a log is a few hundred KB).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -35,9 +38,8 @@ from absl import logging as absl_logging
 
 from detcon_jax import paths
 
-__all__ = ["RunLog", "configure", "import_tensorflow", "native_noise_filtered",
-           "phase", "quiet_libraries", "run_log",
-           "summary"]
+__all__ = ["RunLog", "Throughput", "configure", "duration", "import_tensorflow",
+           "native_noise_filtered", "phase", "quiet_libraries", "run_log", "summary"]
 
 LOG_NAME = "train.log"
 # Orbax's warnings about a manager opened read-only (to inspect an existing workdir) and about
@@ -231,6 +233,37 @@ def phase(what: str) -> Iterator[None]:
 absl_logging.ABSLLogger.register_frame_to_skip(__file__, "phase")
 for _name in ("__enter__", "__exit__"):
     absl_logging.ABSLLogger.register_frame_to_skip(contextlib.__file__, _name)
+
+
+class Throughput:
+    """Steps per second since the previous reading, and the time the rest will take.
+
+    The ETA divides the remaining steps by the mean rate since `started` (called once the
+    first, compiling step is done): it excludes compilation, and a mean over every step
+    since then is steadier than one window's rate (it includes the checkpoint saves, which
+    the remaining steps will have too).
+    """
+
+    def __init__(self, step: int, total: int) -> None:
+        self._step, self._time, self._total = step, time.perf_counter(), total
+        self._origin: tuple[int, float] | None = None
+
+    def started(self, step: int) -> None:
+        """``step`` (the first of this process, which compiles) is done: timing starts now."""
+        self._step, self._time = step, time.perf_counter()
+        self._origin = (self._step, self._time)
+
+    def read(self, step: int) -> tuple[float, str]:
+        """(steps/s since the previous reading, ETA as ``H:MM:SS``); NaN and ``-:--:--``
+        before any step has been timed."""
+        now = time.perf_counter()
+        elapsed = now - self._time
+        steps_per_s = (step - self._step) / elapsed if step > self._step else math.nan
+        self._step, self._time = step, now
+        if self._origin is None or step <= self._origin[0]:
+            return steps_per_s, "-:--:--"
+        mean_rate = (step - self._origin[0]) / max(now - self._origin[1], 1e-9)
+        return steps_per_s, duration((self._total - step) / mean_rate)
 
 
 def summary(*, workdir: str, tensorboard_dir: str, total_steps: int, final_loss: float | None,

@@ -292,37 +292,6 @@ class _MetricWindow:
         return scalars
 
 
-class _Throughput:
-    """Steps per second since the previous reading, and the time the rest will take.
-
-    The ETA divides the remaining steps by the mean rate since `started` (called once the
-    first, compiling step is done): it excludes compilation, and a mean over every step
-    since then is steadier than one window's rate (it includes the checkpoint saves, which
-    the remaining steps will have too).
-    """
-
-    def __init__(self, step: int, total: int) -> None:
-        self._step, self._time, self._total = step, time.perf_counter(), total
-        self._origin: tuple[int, float] | None = None
-
-    def started(self, step: int) -> None:
-        """``step`` (the first of this process, which compiles) is done: timing starts now."""
-        self._step, self._time = step, time.perf_counter()
-        self._origin = (self._step, self._time)
-
-    def read(self, step: int) -> tuple[float, str]:
-        """(steps/s since the previous reading, ETA as ``H:MM:SS``); NaN and ``-:--:--``
-        before any step has been timed."""
-        now = time.perf_counter()
-        elapsed = now - self._time
-        steps_per_s = (step - self._step) / elapsed if step > self._step else math.nan
-        self._step, self._time = step, now
-        if self._origin is None or step <= self._origin[0]:
-            return steps_per_s, "-:--:--"
-        mean_rate = (step - self._origin[0]) / max(now - self._origin[1], 1e-9)
-        return steps_per_s, console.duration((self._total - step) / mean_rate)
-
-
 # --------------------------------------------------------------------- run life cycle
 
 
@@ -382,7 +351,7 @@ def _already_finished(config: Any, workdir: str, latest: int | None, total_steps
     return state
 
 
-def _first_step_done(step_metrics: Mapping[str, jax.Array], throughput: _Throughput,
+def _first_step_done(step_metrics: Mapping[str, jax.Array], throughput: console.Throughput,
                      step: int, *, since: float) -> float:
     """Waits for the first (compiling) step of this process, then starts timing the steps
     after it; returns the seconds since ``since`` (the compilation, mostly)."""
@@ -456,7 +425,7 @@ def _train_checked(config: Any, workdir: str, *, stop: StopCondition | None, sta
                                        tensorboard_dir=config.tensorboard_dir)
     stop = _NeverStop() if stop is None else stop
     window = _MetricWindow()
-    throughput = _Throughput(start, total_steps)
+    throughput = console.Throughput(start, total_steps)
 
     logging.info("Training steps %d..%d (%d of warm-up) on %d device(s) in %d process(es).",
                  start + 1, total_steps, warmup_steps, jax.device_count(), jax.process_count())

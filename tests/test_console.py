@@ -70,8 +70,8 @@ def test_run_log_appends_the_lines_of_each_run(tmp_path):
 
 def test_eta_excludes_compilation_and_averages_since(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr(trainer.time, "perf_counter", lambda: now[0])
-    throughput = trainer._Throughput(0, total=101)
+    monkeypatch.setattr(console.time, "perf_counter", lambda: now[0])
+    throughput = console.Throughput(0, total=101)
     now[0] = 160.0  # the first step took a minute: compilation
     throughput.started(1)
     assert throughput.read(1)[1] == "-:--:--"
