@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -249,16 +248,18 @@ class Throughput:
         self._origin: tuple[int, float] | None = None
 
     def started(self, step: int) -> None:
-        """``step`` (the first of this process, which compiles) is done: timing starts now."""
-        self._step, self._time = step, time.perf_counter()
-        self._origin = (self._step, self._time)
+        """``step`` (the first of this process, which compiles) is done: the ETA and the
+        windows after it are timed from now."""
+        self._origin = (step, time.perf_counter())
 
     def read(self, step: int) -> tuple[float, str]:
-        """(steps/s since the previous reading, ETA as ``H:MM:SS``); NaN and ``-:--:--``
-        before any step has been timed."""
+        """(steps/s since the previous reading, or since `started` when that is later; ETA
+        as ``H:MM:SS``, ``-:--:--`` until a step after `started` is timed)."""
         now = time.perf_counter()
-        elapsed = now - self._time
-        steps_per_s = (step - self._step) / elapsed if step > self._step else math.nan
+        first, since = self._step, self._time
+        if self._origin is not None and step > self._origin[0] and self._origin[1] > since:
+            first, since = self._origin  # the window without the compiling step
+        steps_per_s = (step - first) / max(now - since, 1e-9)
         self._step, self._time = step, now
         if self._origin is None or step <= self._origin[0]:
             return steps_per_s, "-:--:--"

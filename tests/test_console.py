@@ -74,7 +74,8 @@ def test_eta_excludes_compilation_and_averages_since(monkeypatch):
     throughput = console.Throughput(0, total=101)
     now[0] = 160.0  # the first step took a minute: compilation
     throughput.started(1)
-    assert throughput.read(1)[1] == "-:--:--"
+    rate, eta = throughput.read(1)  # logged at the first step: its window is the compile
+    assert rate == pytest.approx(1 / 60) and eta == "-:--:--"
     now[0] = 170.0  # 10 steps in 10 s
     rate, eta = throughput.read(11)
     assert rate == pytest.approx(1.0) and eta == "0:01:30"
@@ -96,3 +97,14 @@ def test_compilation_cache_dir(monkeypatch, tmp_path):
         assert trainer.compilation_cache_dir("/mine") == "/mine"
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_a_window_that_spans_the_compiling_step_starts_after_it(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(console.time, "perf_counter", lambda: now[0])
+    throughput = console.Throughput(0, total=10)
+    now[0] = 30.0
+    throughput.started(1)
+    now[0] = 34.0  # steps 2..5 in 4 s; the window since the previous reading spans step 1
+    rate, eta = throughput.read(5)
+    assert rate == pytest.approx(1.0) and eta == "0:00:05"
