@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from detcon_jax.data import framing, geometry, sources
+from detcon_jax.data import decode, framing, geometry, sources
 from detcon_jax.data.options import dataset_options
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -157,7 +157,7 @@ def make_segmentation_dataset(
     paths, label_paths = zip(*pairs, strict=True)
     ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths)))
     ds = ds.map(lambda p, q: sources.example(
-        tf.io.read_file(p), tf.io.decode_png(tf.io.read_file(q), channels=1), -1, p))
+        tf.io.read_file(p), decode.decode_label_png(tf.io.read_file(q), q), -1, p))
     ds = framing.filter_valid(ds, stats)
     ds = _finish_eval(ds, train, shuffle_buffer, seed)
     void = tf.constant(list(void_ids) or [-1], tf.int32)
