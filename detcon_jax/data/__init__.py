@@ -13,10 +13,12 @@ Modules, in import order (each imports only those above it):
 * ``options``: the tf.data options of every builder.
 * ``pretrain``: the pre-training builder (`make_pretrain_dataset`, from ``config.data`` and
   ``config.masks``).
+* ``dense``: the dense-transfer geometry (scale jitter + crop; padding to a frame).
+* ``segmentation_sets``: VOC / Cityscapes / folder layouts of segmentation data sets.
 * ``evaluation``: the evaluation builders.
 """
 
-from detcon_jax.data import sources
+from detcon_jax.data import segmentation_sets, sources
 from detcon_jax.data.decode import decode_id_png, decode_image, decode_label_png, image_shape
 from detcon_jax.data.evaluation import make_eval_dataset, make_segmentation_dataset, pad_batch
 from detcon_jax.data.framing import PipelineStats, is_valid_encoded_image, num_skipped
@@ -64,6 +66,7 @@ __all__ = [
     "pad_batch",
     "random_crop_window",
     "source_dataset",
+    "segmentation_sets",
     "sources",
     "synthetic_images",
     "tfds_mask",
