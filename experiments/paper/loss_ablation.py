@@ -22,7 +22,8 @@ masks; which data set the review's table used is not stated there), as
 Hyper-parameters: the official DetCon-B ImageNet ones (base config); 1000 COCO epochs as
 detcon_b_coco.py (not the paper's schedule, which is not stated for this table).
 
-    python -m detcon_jax.train --config=experiments/paper/loss_ablation.py:row=no_all_negatives,masks=gt \
+    python -m detcon_jax.train \
+        --config=experiments/paper/loss_ablation.py:row=no_all_negatives,masks=gt \
         --config.data.path=/data/tensorflow_datasets --workdir=/ckpt/ablation_nan_gt
 
 At CPU scale on CamVid: ``python -m detcon_jax.reproduce --table=ablation``.
