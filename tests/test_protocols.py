@@ -52,3 +52,20 @@ def test_explicit_flags_win_over_the_protocol(voc, tmp_path, capsys):  # noqa: F
     assert segmentation.main(["--protocol=voc", "--mode=probe", "--checkpoint=random:tiny",
                               f"--data={root}"]) == 2
     assert "--protocol=voc" in capsys.readouterr().err
+
+
+def test_default_frame_scores_mixed_size_labels_natively(voc, tmp_path):  # noqa: F811
+    """Without a protocol: the probe on VOC's mixed image sizes, frame inferred (36 x 44)."""
+    root, labels = voc
+    out = tmp_path / "probe.json"
+    code = segmentation.main(["--mode=probe", "--layout=voc", "--train_split=train_aug",
+                              "--test_split=val", "--num_classes=21", "--void_ids=",
+                              "--checkpoint=random:tiny", f"--data={root}", "--image_size=32",
+                              "--batch_size=2", "--epochs=1", f"--output={out}"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert (result["eval_crop"], result["eval_frame"]) == ("frame", [36, 44])
+    truth = np.concatenate([labels["c"].ravel(), labels["b"].ravel()])
+    truth = truth[truth != 255]
+    np.testing.assert_array_equal(np.asarray(result["confusion_matrix"]).sum(axis=1),
+                                  np.bincount(truth, minlength=21))

@@ -1,7 +1,7 @@
 """Geometry of the dense-transfer protocols (image and label alike): DeepLab-style random
 scale + crop + flip for training, padding to a fixed frame for evaluation at the labels'
-own resolution. Images are float32 in [0, 1]; labels int32 with ``ignore_label`` on every
-pixel that is padding."""
+own resolution (`pad_to_frame`, `frame_view`). Images are float32 in [0, 1]; labels int32
+with ``ignore_label`` on every pixel that is padding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from detcon_jax.data import decode
+from detcon_jax.data import decode, geometry
 
 
 def _as_float(image: tf.Tensor) -> tf.Tensor:
@@ -62,13 +62,8 @@ def scale_jitter_crop(image: tf.Tensor, label: tf.Tensor, *, crop_size: int,
     return pixels, label
 
 
-def pad_to_frame(image: tf.Tensor, label: tf.Tensor, frame: Sequence[int], *,
-                 ignore_label: int = 255,
-                 name: tf.Tensor | str = "<unnamed>") -> tuple[tf.Tensor, tf.Tensor]:
-    """Image and label, unscaled, padded bottom/right to ``frame`` = (H, W): predictions are
-    compared with every label pixel at its own resolution. A larger image is an error naming
-    ``name`` (choose a frame that holds the data set's largest image)."""
-    pixels = _as_float(image)
+def _fit_frame(pixels: tf.Tensor, label: tf.Tensor, frame: Sequence[int], ignore_label: int,
+               name: tf.Tensor | str) -> tuple[tf.Tensor, tf.Tensor]:
     height, width = int(frame[0]), int(frame[1])
     shape = tf.shape(label)
     check = tf.debugging.Assert(
@@ -78,6 +73,32 @@ def pad_to_frame(image: tf.Tensor, label: tf.Tensor, frame: Sequence[int], *,
          [height, width], "(or differs from its image) in", name])
     with tf.control_dependencies([check]):
         pixels, label = _pad(pixels, label, height, width, ignore_label)
-    pixels.set_shape([height, width, 3])
     label.set_shape([height, width])
     return pixels, label
+
+
+def pad_to_frame(image: tf.Tensor, label: tf.Tensor, frame: Sequence[int], *,
+                 ignore_label: int = 255,
+                 name: tf.Tensor | str = "<unnamed>") -> tuple[tf.Tensor, tf.Tensor]:
+    """Image and label, unscaled, padded bottom/right to ``frame`` = (H, W): predictions are
+    compared with every label pixel at its own resolution. A larger image is an error naming
+    ``name`` (choose a frame that holds the data set's largest image)."""
+    pixels, label = _fit_frame(_as_float(image), label, frame, ignore_label, name)
+    pixels.set_shape([int(frame[0]), int(frame[1]), 3])
+    return pixels, label
+
+
+def frame_view(image: tf.Tensor, label: tf.Tensor, frame: Sequence[int], *, image_size: int,
+               ignore_label: int = 255,
+               name: tf.Tensor | str = "<unnamed>") -> tuple[tf.Tensor, tf.Tensor]:
+    """As `pad_to_frame`, then the padded image (only) resized to S x S as ``one_view``'s
+    ``'resize'`` does. Every example maps the same frame onto the same S x S input, so logits
+    upsampled to the frame line up with every label at its native resolution (for a data set
+    of one image size, such as CamVid, the frame is that size and the view is ``'resize'``).
+
+    Returns:
+      float32 ``[S, S, 3]`` image and int32 ``[H, W]`` label (the frame).
+    """
+    pixels, label = _fit_frame(decode.decode_image(image), label, frame, ignore_label, name)
+    view, _ = geometry.one_view(pixels, None, image_size=image_size, crop="resize", name=name)
+    return view, label

@@ -146,9 +146,11 @@ def make_segmentation_dataset(
     Geometry (``crop``): ``train`` uses the pre-training random crop + flip at S x S, or with
     ``crop='jitter'`` the DeepLab-style random scale in ``scale_range``, S x S crop and flip
     (`dense.scale_jitter_crop`). Evaluation uses ``'resize'`` (whole image squashed to
-    S x S, default), ``'center'`` (official centre crop) or ``'pad'``: image and label at
+    S x S, default), ``'center'`` (official centre crop), ``'pad'``: image and label at
     their own resolution, padded to ``eval_frame`` = (H, W) (labels with ``ignore_label``),
-    so that the metric counts every label pixel at native resolution.
+    or ``'frame'``: as ``'pad'``, then the image (only) resized to S x S
+    (`dense.frame_view`); with ``'pad'`` and ``'frame'`` the metric counts every label pixel
+    at native resolution.
 
     Args:
       data_dir: the layout's root (a local path or a URI); for ``layout='tfds'`` the TFDS
@@ -159,7 +161,8 @@ def make_segmentation_dataset(
 
     Returns:
       Dicts of ``image`` float32 ``[b, S, S, 3]`` (``[b, H, W, 3]`` with ``'pad'``),
-      ``label`` int32 of the same spatial size and, in eval mode, ``valid`` bool ``[b]``.
+      ``label`` int32 ``[b, S, S]`` (``[b, H, W]`` with ``'pad'`` and ``'frame'``) and, in
+      eval mode, ``valid`` bool ``[b]``.
     """
     shard = sources.Shard(process_index, process_count)
     if layout == "tfds":
@@ -182,8 +185,8 @@ def make_segmentation_dataset(
     table[[v for v in void_ids if 0 <= v < 256]] = ignore_label
     lookup = tf.constant(table.astype(np.int32))
     view_crop = ("jitter" if crop == "jitter" else "random") if train else crop
-    if view_crop == "pad" and eval_frame is None:
-        raise ValueError("segmentation dataset: crop='pad' needs eval_frame=(H, W)")
+    if view_crop in ("pad", "frame") and eval_frame is None:
+        raise ValueError(f"segmentation dataset: crop={view_crop!r} needs eval_frame=(H, W)")
 
     def preprocess(ex, element_seed):
         label = tf.gather(lookup, tf.cast(ex["mask"][..., 0], tf.int32))
@@ -194,6 +197,10 @@ def make_segmentation_dataset(
         elif view_crop == "pad":
             image, label = dense.pad_to_frame(ex["image"], label, eval_frame,
                                               ignore_label=ignore_label, name=ex["name"])
+        elif view_crop == "frame":
+            image, label = dense.frame_view(ex["image"], label, eval_frame,
+                                            image_size=image_size, ignore_label=ignore_label,
+                                            name=ex["name"])
         else:
             # Labels ride through as the uint8 mask of one_view (class ids < 256).
             image, label = geometry.one_view(ex["image"], tf.cast(label, tf.uint8)[..., None],

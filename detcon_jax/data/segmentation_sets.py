@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from detcon_jax import paths
 from detcon_jax.data.sources import base
@@ -40,6 +42,7 @@ __all__ = [
     "SegmentationSet",
     "cityscapes_files",
     "folder_files",
+    "label_frame",
     "segmentation_files",
     "voc_files",
 ]
@@ -172,6 +175,19 @@ def segmentation_files(layout: str, data_dir: str | os.PathLike,
     if layout not in LAYOUTS:
         raise ValueError(f"segmentation layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
     return LAYOUTS[layout](data_dir, split)
+
+
+def label_frame(label_paths: Sequence[str]) -> tuple[int, int]:
+    """(max height, max width) over the label PNGs (headers only): the smallest evaluation
+    frame holding every label of a split at its native resolution."""
+    height = width = 0
+    for path in label_paths:
+        with paths.as_path(path).open("rb") as f, Image.open(f) as image:
+            w, h = image.size
+        height, width = max(height, h), max(width, w)
+    if not height:
+        raise ValueError("label_frame: no label files")
+    return height, width
 
 
 def label_lookup(label_map: tuple[int, ...] | None) -> np.ndarray | None:

@@ -15,9 +15,10 @@
   of whole images at the labels' native resolution).
 
 Both report the mean intersection-over-union and per-class IoU from a confusion matrix
-accumulated over the evaluation split at the label resolution the pipeline produces
-(S x S with ``--eval_crop=resize``, the default; the labels' native resolution with
-``--eval_crop=pad --eval_frame=H,W``, the protocols' setting):
+accumulated over the evaluation split at the labels' native resolution: the logits are
+upsampled to the label frame (default ``--eval_crop=frame``: images padded to the largest
+label of the split and resized to S x S; the protocols' ``pad``: images unscaled);
+``--eval_crop=resize|center`` scores S x S labels resized with the image instead:
 ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``. Pixels with the ignore label are excluded from every
 count. A class that appears neither in the ground truth nor in the predictions
 of the whole split (``TP + FP + FN = 0``) has an undefined IoU (reported as ``None``) and
@@ -341,12 +342,12 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
         updates, o = optimizer.update(grads, o, p)
         return optax.apply_updates(p, updates), s, o, loss
 
-    @jax.jit
-    def predict(p, s, image):
+    @functools.partial(jax.jit, static_argnames="label_size")
+    def predict(p, s, image, label_size):
         feats, _ = backbone.apply({"params": p["backbone"], "batch_stats": s["backbone"]},
                                   image, train=False)
         logits = head.apply({"params": p["head"], "batch_stats": s["head"]}, feats, train=False)
-        return jnp.argmax(upsample_logits(logits, image.shape[1:3]), axis=-1)
+        return jnp.argmax(upsample_logits(logits, label_size), axis=-1)
 
     batch = first
     start = last_log = time.perf_counter()
@@ -362,8 +363,10 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
             batch = next(iterator)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for batch in _numpy(eval_batches_fn()):
-        pred = np.asarray(predict(params, stats, jnp.asarray(batch["image"])))
         label = np.asarray(batch["label"])
+        # Logits upsampled to the labels' own size (native with --eval_crop=frame|pad).
+        pred = np.asarray(predict(params, stats, jnp.asarray(batch["image"]),
+                                  tuple(label.shape[1:3])))
         if "valid" in batch:
             keep = np.asarray(batch["valid"], bool)
             pred, label = pred[keep], label[keep]
@@ -439,10 +442,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="finetune views: pre-training random crop, or random scale in "
                              "--scale_range + S x S crop (jitter)")
     parser.add_argument("--scale_range", type=_floats, default=(0.5, 2.0))
-    parser.add_argument("--eval_crop", choices=("resize", "center", "pad"), default="resize",
-                        help="resize: whole image to S x S (labels too); pad: images and "
-                             "labels at native resolution, padded to --eval_frame")
-    parser.add_argument("--eval_frame", type=_ints, default=None, help="H,W for --eval_crop=pad")
+    parser.add_argument("--eval_crop", choices=("frame", "resize", "center", "pad"),
+                        default="frame",
+                        help="frame: images padded to --eval_frame and resized to S x S, "
+                             "labels at native resolution (default); pad: images unscaled; "
+                             "resize / center: labels resized with the image (S x S)")
+    parser.add_argument("--eval_frame", type=_ints, default=None,
+                        help="H,W for --eval_crop=frame|pad (default: the largest label of "
+                             "the test split; required with --layout=tfds)")
     parser.add_argument("--no_standardize", action="store_true")
     return parser
 
@@ -472,13 +479,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise common.UsageError("--num_classes and --epochs must be >= 1, --augment_passes >= 0")
     if args.protocol and args.mode != "finetune":
         raise common.UsageError(f"--protocol={args.protocol} is a --mode=finetune protocol")
-    if args.eval_crop == "pad" and (args.eval_frame is None or len(args.eval_frame) != 2):
-        raise common.UsageError("--eval_crop=pad needs --eval_frame=H,W")
+    native = args.eval_crop in ("frame", "pad")
+    if native and args.eval_frame is None and args.layout == "tfds":
+        raise common.UsageError(f"--eval_crop={args.eval_crop} with --layout=tfds needs "
+                                "--eval_frame=H,W")
+    if args.eval_frame is not None and (len(args.eval_frame) != 2 or min(args.eval_frame) < 1):
+        raise common.UsageError(f"--eval_frame must be H,W, got {args.eval_frame}")
     if len(args.scale_range) != 2 or not 0 < args.scale_range[0] <= args.scale_range[1]:
         raise common.UsageError(f"--scale_range must be LOW,HIGH with 0 < LOW <= HIGH, got "
                                 f"{args.scale_range}")
     dataset_info = _dataset_info(args)
     num_train = _num_train(args)
+    if native and args.eval_frame is None:
+        from detcon_jax.data import segmentation_sets
+
+        _, test_labels = segmentation_sets.segmentation_files(args.layout, args.data,
+                                                              test_split)
+        args.eval_frame = segmentation_sets.label_frame(test_labels)
     backbone, info = common.backbone_from_args(args)
 
     def dataset(split: str, train: bool, crop: str | None = None, seed: int | None = None):
@@ -505,10 +522,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "test_split": test_split, "image_size": args.image_size,
                                 "num_classes": args.num_classes, "void_ids": list(args.void_ids),
                                 "num_train": num_train, "layout": args.layout,
-                                "protocol": args.protocol, "eval_crop": args.eval_crop}
+                                "protocol": args.protocol, "eval_crop": args.eval_crop,
+                                "eval_frame": list(args.eval_frame) if native else None}
     if args.mode == "probe":
         lr = 0.1 if args.learning_rate is None else args.learning_rate
-        maps, labels = extract(backbone, dataset(args.train_split, False), pool=False,
+        # Trained on S x S labels (the probe upsamples to them); scored at --eval_crop.
+        maps, labels = extract(backbone, dataset(args.train_split, False, "resize"), pool=False,
                                description=f"{args.train_split} feature maps")
         if args.augment_passes:
             # Ordered random-crop + flip passes (image and label cropped together), each
