@@ -40,7 +40,7 @@ from typing import Any
 from detcon_jax.reproduce.budgets import Budget, Method
 from detcon_jax.reproduce.common import ReproduceError, duration, log, write_json
 from detcon_jax.reproduce.evaluation import evaluate
-from detcon_jax.reproduce.report import machine
+from detcon_jax.reproduce.report import heading, machine
 from detcon_jax.reproduce.training import run_training
 
 # Row -> (label, the review's number with FH masks, with GT masks).
@@ -80,9 +80,7 @@ def render_ablation(results: Mapping[str, Any]) -> str:
     """``ablation.md``: the review's table with ours beside it, and the noise."""
     seeds = results["seeds"]
     lines = [
-        f"# Negatives / two-views ablation at the `{results['budget']}` budget (our numbers)",
-        "",
-        f"- Command: `{results['command']}`",
+        *heading("Negatives / two-views ablation", results),
         f"- Date: {results['date']}; machine: {results['machine']}; wall time "
         f"{duration(results['wall_time_s'])}.",
         f"- Ours: CamVid segmentation probe mIoU (%) on {results['segmentation_split']}, "
