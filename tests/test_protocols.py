@@ -69,3 +69,10 @@ def test_default_frame_scores_mixed_size_labels_natively(voc, tmp_path):  # noqa
     truth = truth[truth != 255]
     np.testing.assert_array_equal(np.asarray(result["confusion_matrix"]).sum(axis=1),
                                   np.bincount(truth, minlength=21))
+
+
+def test_tfds_layout_needs_an_explicit_frame(capsys):
+    assert segmentation.main(["--layout=tfds", "--tfds_name=cityscapes/semantic_segmentation",
+                              "--test_split=val", "--checkpoint=random:tiny",
+                              "--data=/nonexistent"]) == 2
+    assert "--eval_frame" in capsys.readouterr().err

@@ -503,7 +503,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             crop = args.train_crop if train else args.eval_crop
         return data.make_segmentation_dataset(
             args.data, batch_size=args.batch_size, stats=data.PipelineStats(),
-            image_size=args.image_size, split=split, layout=args.layout,
+            image_size=args.image_size, split=_tfds_split(args, dataset_info, split),
+            layout=args.layout,
             tfds_name=args.tfds_name,
             label_map=dataset_info.label_map if dataset_info else None,
             scale_range=args.scale_range, eval_frame=args.eval_frame,
@@ -583,13 +584,21 @@ def _dataset_info(args: argparse.Namespace) -> Any:
             "cityscapes": segmentation_sets.CITYSCAPES}.get(args.layout)
 
 
+def _tfds_split(args: argparse.Namespace, dataset_info: Any, split: str) -> str:
+    """TFDS's name of ``split`` (Cityscapes' ``val`` is ``validation`` there)."""
+    if args.layout != "tfds" or dataset_info is None:
+        return split
+    return dataset_info.tfds_split(split)
+
+
 def _num_train(args: argparse.Namespace) -> int:
     from detcon_jax import data
     from detcon_jax.data import segmentation_sets
 
     if args.layout == "tfds":
+        split = _tfds_split(args, _dataset_info(args), args.train_split)
         return data.sources.TfdsSource(args.tfds_name, data_dir=args.data,
-                                       split=args.train_split).num_examples()
+                                       split=split).num_examples()
     return len(segmentation_sets.segmentation_files(args.layout, args.data,
                                                     args.train_split)[0])
 
