@@ -96,6 +96,9 @@ def render_ablation(results: Mapping[str, Any]) -> str:
     for row, (label, paper_fh, paper_gt) in ROWS.items():
         cells = []
         for masks in MASKS:
+            if f"{row}_{masks}" not in results["cells"]:
+                cells.append("not run")
+                continue
             cell = results["cells"][f"{row}_{masks}"]["miou"]
             spread = "" if cell["std"] is None else f" ± {cell['std']:.2f}"
             each = ", ".join(f"{v:.2f}" for v in cell["values"])
@@ -112,14 +115,20 @@ def render_ablation(results: Mapping[str, Any]) -> str:
 
 def run_ablation(budget: Budget, *, camvid: str, camvid_train: str, out: str,
                  seeds: Sequence[int], probe_seed: int, segmentation_split: str,
-                 command: Sequence[str]) -> dict[str, Any]:
-    """Pretrains and probes every cell for every seed; writes and returns the results."""
+                 command: Sequence[str], masks_sources: Sequence[str] = MASKS
+                 ) -> dict[str, Any]:
+    """Pretrains and probes every cell (of ``masks_sources``) for every seed; writes and
+    returns the results."""
     if not seeds:
         raise ReproduceError("--seeds: give at least one pretraining seed")
+    unknown = sorted(set(masks_sources) - set(MASKS))
+    if unknown or not masks_sources:
+        raise ReproduceError(f"--ablation_masks must be a subset of {MASKS}, got "
+                             f"{list(masks_sources)}")
     start = time.perf_counter()
     cells: dict[str, dict[str, Any]] = {}
     for row in ROWS:
-        for masks in MASKS:
+        for masks in (m for m in MASKS if m in masks_sources):
             method = cell_method(budget, row, masks)
             runs = []
             for seed in seeds:

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                              "and GT masks (CamVid probe; reproduce/ablation.py)")
     parser.add_argument("--seeds", default="0,1,2",
                         help="--table=ablation: comma-separated pretraining seeds")
+    parser.add_argument("--ablation_masks", default="fh,gt",
+                        help="--table=ablation: the mask columns to run (fh, gt or both)")
     parser.add_argument("--out", required=True, help="output folder (re-run to resume)")
     parser.add_argument("--budget", default="small",
                         help=f"one of {', '.join(sorted(BUDGETS))}, optionally with changed "
@@ -89,11 +91,13 @@ def run_ablation_table(args: argparse.Namespace) -> dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     seg_split = "test" if os.path.isdir(os.path.join(camvid, "test", "images")) else "val"
     command = ["-m", "detcon_jax.reproduce", "--table=ablation", f"--camvid={args.camvid}",
-               f"--out={args.out}", f"--budget={args.budget}", f"--seeds={args.seeds}"] + (
+               f"--out={args.out}", f"--budget={args.budget}", f"--seeds={args.seeds}",
+               f"--ablation_masks={args.ablation_masks}"] + (
         [f"--num_steps={args.num_steps}"] if args.num_steps else [])
     return run_ablation(budget, camvid=camvid, camvid_train=camvid_train, out=out,
                         seeds=seeds, probe_seed=args.seed, segmentation_split=seg_split,
-                        command=command)
+                        command=command, masks_sources=[
+                            m.strip() for m in args.ablation_masks.split(",") if m.strip()])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
