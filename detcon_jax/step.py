@@ -193,7 +193,13 @@ def _update_discovery(config: Any, state: TrainState, online_params: Any,
     if not has_discovery_network(config):
         return {}
     rate = config.masks.learned.ema_rate
-    ema = lambda d, o: d + (1.0 - rate) * (o - d)  # noqa: E731
+
+    def ema(d, o):
+        # Integer leaves (the BatchNorm update counters) follow the online network.
+        if not jnp.issubdtype(d.dtype, jnp.floating):
+            return o
+        return d + (1.0 - rate) * (o - d)
+
     return dict(discovery_params=jax.tree.map(ema, state.discovery_params, online_params),
                 discovery_batch_stats=jax.tree.map(ema, state.discovery_batch_stats,
                                                    online_stats))

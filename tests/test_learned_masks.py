@@ -162,6 +162,9 @@ def test_train_step_with_learned_masks(method, network):
         # After two steps the EMA lies strictly between its start and the online network.
         assert not np.allclose(leaf(state.discovery_params), leaf(state.online_params))
         assert 0 < rate < 1
+        # The EMA keeps every leaf's dtype (a float counter would be cast back on restore).
+        dtypes = lambda t: [x.dtype for x in jax.tree.leaves(t)]  # noqa: E731
+        assert dtypes(state.discovery_batch_stats) == dtypes(state.online_batch_stats)
 
 
 def test_learned_config_errors_name_the_key():
