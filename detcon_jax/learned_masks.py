@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from detcon_jax import kmeans as kmeans_lib
 
 __all__ = ["KMEANS_SALT", "carry_into_view", "cluster_cover", "discovery_features",
-           "view_segmentations"]
+           "view_segmentations", "with_learned_masks"]
 
 # fold_in(step key, KMEANS_SALT) seeds the k-means++ draw: a key of its own that leaves the
 # step's other draws (augmentation, mask ids) as they are for every other mask source.
@@ -118,3 +118,12 @@ def view_segmentations(config: Any, network: nn.Module, variables: Mapping[str, 
     if config.masks.learned.bootstrap_steps <= 0:
         return learned()
     return jax.lax.cond(step < config.masks.learned.bootstrap_steps, bootstrap, learned)
+
+
+def with_learned_masks(config: Any, network: nn.Module, variables: Mapping[str, Any],
+                       rng: jax.Array, step: jax.Array, batch: Mapping[str, jax.Array]
+                       ) -> dict[str, jax.Array]:
+    """``batch`` with ``mask1``/``mask2`` replaced by `view_segmentations` (what the train
+    step samples its mask ids from; also the masks to draw in a picture of the step)."""
+    seg1, seg2 = view_segmentations(config, network, variables, rng, step, batch)
+    return {**batch, "mask1": seg1, "mask2": seg2}

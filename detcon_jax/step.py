@@ -330,15 +330,14 @@ def make_train_step(config: Any, schedules: Schedules,
         view1, view2 = augment_lib.augment_views(
             aug_rng, batch["view1"].astype(jnp.float32), batch["view2"].astype(jnp.float32),
             view1_config=view_configs[0], view2_config=view_configs[1])
-        seg1, seg2 = batch["mask1"], batch["mask2"]
         if discovery_network is not None:
-            seg1, seg2 = learned_masks.view_segmentations(
+            batch = learned_masks.with_learned_masks(
                 config, discovery_network, _discovery_variables(config, state), rng,
                 state.step, batch)
         # One draw per view, used by both networks (official: same rng for both forwards).
-        masks1, ids1 = _sample_view_masks(config, mask_rng1, seg1, image_size,
+        masks1, ids1 = _sample_view_masks(config, mask_rng1, batch["mask1"], image_size,
                                           batch.get("mask_ids1"))
-        masks2, ids2 = _sample_view_masks(config, mask_rng2, seg2, image_size,
+        masks2, ids2 = _sample_view_masks(config, mask_rng2, batch["mask2"], image_size,
                                           batch.get("mask_ids2"))
 
         target_outputs = None
