@@ -16,8 +16,9 @@ Algorithm, per image of ``N`` feature vectors:
   uniformly and repeat existing ones.
 * Lloyd iterations: assign every vector to its nearest centre (ties -> the lowest cluster
   index), move each centre to its cluster's mean. A cluster left empty keeps its previous
-  centre, so a duplicated centre (see above) stays an empty duplicate: its index is never
-  the lowest of a tie. The result is deterministic for a given key.
+  centre. A duplicated centre (see above) loses every tie to the lower index, so while its
+  vectors are identical (the fewer-distinct case) its cluster stays empty. The result is
+  deterministic for a given key.
 
 The cluster indices of the result are ``[0, K)``; an image with ``n < K`` distinct vectors
 uses exactly ``n`` of them.
@@ -125,7 +126,8 @@ def _lloyd_one(x: jax.Array, centres: jax.Array, iterations: int, distance: str
 
 
 def kmeans(key: jax.Array, features: jax.Array, *, num_clusters: int, iterations: int = 10,
-           distance: str = "cosine") -> tuple[jax.Array, jax.Array]:
+           distance: str = "cosine", init: jax.Array | None = None
+           ) -> tuple[jax.Array, jax.Array]:
     """Clusters each image's feature vectors into ``num_clusters`` clusters.
 
     Args:
@@ -134,6 +136,8 @@ def kmeans(key: jax.Array, features: jax.Array, *, num_clusters: int, iterations
       num_clusters: K.
       iterations: Lloyd iterations after the initialisation (0: the k-means++ centres).
       distance: ``'cosine'`` or ``'euclidean'`` (see the module notes).
+      init: optional int ``[B, K]`` indices of each image's initial centres (repeats
+        allowed); None: k-means++ from ``key``.
 
     Returns:
       ``assignments`` int32 ``[B, N]`` (``[B, h, w]`` for a feature map) in ``[0, K)`` and
@@ -145,7 +149,11 @@ def kmeans(key: jax.Array, features: jax.Array, *, num_clusters: int, iterations
                          f"iterations={iterations} >= 0")
     spatial = features.shape[1:-1]
     x = _prepare(_flatten(features), distance)
-    init = _plusplus(key, x, num_clusters, distance)
+    if init is None:
+        init = _plusplus(key, x, num_clusters, distance)
+    elif init.shape != (x.shape[0], num_clusters):
+        raise ValueError(f"kmeans: init must be [B={x.shape[0]}, K={num_clusters}], got "
+                         f"{init.shape}")
     centres = jnp.take_along_axis(x, init[:, :, None], axis=1)
     assign, centres = jax.vmap(lambda v, c: _lloyd_one(v, c, iterations, distance))(x, centres)
     return assign.reshape((x.shape[0],) + spatial), centres

@@ -57,6 +57,20 @@ def test_kmeans_matches_float64_reference_with_same_init(distance):
         np.testing.assert_allclose(np.asarray(centres[b]), want_centres, atol=1e-4)
 
 
+def test_empty_cluster_keeps_its_centre_like_the_reference():
+    """A repeated initial centre leaves a cluster empty at first; it keeps its centre (a
+    centre reset to the mean of nothing, zero, would take the points near the origin)."""
+    rs = np.random.RandomState(4)
+    x = np.concatenate([rs.normal([0.3, 0.0], 0.3, size=(20, 2)),
+                        rs.normal([6.0, 0.0], 0.3, size=(20, 2))]).astype(np.float32)
+    init = np.array([[25, 25, 3]], np.int32)
+    assign, centres = kmeans_lib.kmeans(jax.random.PRNGKey(0), x[None], num_clusters=3,
+                                        iterations=4, distance="euclidean", init=init)
+    want_assign, want_centres = _reference(x, init[0], 4, "euclidean")
+    np.testing.assert_array_equal(np.asarray(assign[0]), want_assign)
+    np.testing.assert_allclose(np.asarray(centres[0]), want_centres, atol=1e-5)
+
+
 def test_kmeans_is_deterministic_per_key_and_images_are_independent():
     rs = np.random.RandomState(1)
     x = _blobs(rs, batch=3, n=30, channels=8, clusters=4, spread=1.5)
