@@ -19,7 +19,7 @@ from detcon_jax.bench.common import log
 from detcon_jax.bench.inputs import bench_fh, bench_pipeline
 from detcon_jax.bench.loss import bench_loss
 from detcon_jax.bench.resume import bench_resume
-from detcon_jax.bench.step import MODELS, bench_step
+from detcon_jax.bench.step import MASKS, MODELS, bench_step
 
 DESCRIPTION = ("Benchmarks of what users pay for: train-step throughput, loss memory, input "
                "and FH speed.")
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--batch_size", type=int, default=8)
     step.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     step.add_argument("--num_masks", type=int, default=16)
+    step.add_argument("--masks", default="fh", choices=MASKS,
+                      help="fh: the batch's masks; learned: discovered in the step (k-means "
+                           "of the target network's features of a covering window)")
     step.add_argument("--mlp_hidden_size", type=int, default=None,
                       help="default: the recipe's 4096")
     step.add_argument("--projection_size", type=int, default=None,
@@ -161,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             num_masks=args.num_masks, steps_per_run=args.steps_per_run,
                             repeats=args.repeats, mlp_hidden_size=args.mlp_hidden_size,
                             projection_size=args.projection_size, num_classes=args.num_classes,
-                            compile_only=args.compile_only)
+                            compile_only=args.compile_only, masks=args.masks)
     elif args.what == "loss":
         result = bench_loss(batch_per_device=args.batch_per_device, num_masks=args.num_masks,
                             dim=args.dim, repeats=args.repeats, num_chunks=args.num_chunks,

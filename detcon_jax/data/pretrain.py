@@ -23,11 +23,13 @@ AUTOTUNE = tf.data.AUTOTUNE
 def _source_and_mask_fn(data: Any, masks: Any) -> tuple[type, Any]:
     """The configured source's class and mask function; a bad combination is a ValueError."""
     source_class = sources.source_class(data.source)
-    mask_sources.check_mask_source(masks.source)
-    if masks.source == "gt" and not source_class.has_gt_masks:
+    # Learned masks are made on device; the batches carry the bootstrap source's masks.
+    source = masks.learned.bootstrap_source if masks.source == "learned" else masks.source
+    mask_sources.check_mask_source(source)
+    if source == "gt" and not source_class.has_gt_masks:
         raise ValueError(f"mask_source='gt': source {data.source!r} has no ground-truth masks")
     mask_fn = mask_sources.make_mask_fn(
-        masks.source, stored_fh=source_class.stored_fh, grid_size=masks.grid_size,
+        source, stored_fh=source_class.stored_fh, grid_size=masks.grid_size,
         fh_scale=data.fh_scale, fh_min_size=data.fh_min_size)
     return source_class, mask_fn
 
@@ -178,7 +180,10 @@ def make_pretrain_dataset(
 
     Returns:
       A dataset of dicts: ``view1``, ``view2`` float32 ``[b, S, S, 3]``; ``mask1``, ``mask2``
-      uint8 ``[b, S, S, 1]``; ``label`` int32 ``[b]`` (-1 when unknown).
+      uint8 ``[b, S, S, 1]``; ``label`` int32 ``[b]`` (-1 when unknown). For
+      ``masks.source='learned'`` the masks are those of ``masks.learned.bootstrap_source``,
+      and the covering window of both views comes too (``cover``, ``cover_box1/2``,
+      ``cover_flip1/2``; see ``geometry.two_views``).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -193,9 +198,11 @@ def make_pretrain_dataset(
                         shuffle_buffer=data.shuffle_buffer or 10 * batch_size, seed=seed,
                         skip=skip_batches * batch_size)
 
+    cover_size = masks.learned.image_size if masks.source == "learned" else None
+
     def preprocess(ex, element_seed):
         views = geometry.two_views(ex["image"], ex["mask"], image_size=image_size,
-                                   seed=element_seed, name=ex["name"])
+                                   seed=element_seed, name=ex["name"], cover_size=cover_size)
         views["label"] = ex["label"]
         return views
 
