@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from detcon_jax.data import geometry, mask_sources, sources
@@ -99,14 +100,44 @@ def _element_seed(epoch_seed: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([2], seed=key, minval=None, maxval=None, dtype=tf.int64)
 
 
+def _shuffled(ds: tf.data.Dataset, *, shuffle: bool, shuffle_buffer: int,
+              epoch_seed: tf.Tensor) -> tf.data.Dataset:
+    return ds.shuffle(shuffle_buffer, seed=epoch_seed) if shuffle else ds
+
+
+def _files_done_before(reader: sources.base.Reader, epoch: int, offset: int, *,
+                       shuffle: bool, shuffle_buffer: int, seed: int) -> list[bool] | None:
+    """Which files of epoch ``epoch`` have every record emitted by the shuffle before
+    position ``offset``: a resume there needs none of their records.
+
+    The shuffle's choices depend on nothing but its seed and the number of elements, so
+    shuffling the epoch's layout (the file number of each position, known without opening a
+    file) the way the pipeline shuffles the records tells which positions it emits first.
+    """
+    if reader.layout is None or offset == 0:
+        return None
+    counts = np.asarray(reader.file_counts(), np.int64)
+    ds = tf.data.Dataset.range(epoch, epoch + 1).flat_map(lambda e: _shuffled(
+        reader.layout(e), shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+        epoch_seed=_epoch_seed(seed, e)).take(offset))
+    emitted = np.zeros_like(counts)
+    for chunk in ds.batch(1 << 16).as_numpy_iterator():
+        emitted += np.bincount(chunk, minlength=len(counts))
+    return [bool(done) for done in emitted == counts]
+
+
 def _element_order(reader: sources.base.Reader, *, cache: bool, repeat: bool, shuffle: bool,
-                   shuffle_buffer: int, seed: int, skip: int) -> tf.data.Dataset:
+                   shuffle_buffer: int, seed: int, skip: int,
+                   deterministic: bool = True) -> tf.data.Dataset:
     """(example, crop seed) pairs: each epoch shuffled on its own, then the epochs in turn.
 
     Epoch ``e`` shuffles its records with a seed of (``seed``, ``e``) (files in an order of
     the same seed), so a resume after ``skip`` elements rebuilds the epoch it falls in and
-    drops the records before it there, before they are decoded. Cached examples are decoded
-    once, on the first pass (a resume decodes that pass again to fill the cache).
+    drops the records before it there, before they are decoded. In that epoch, files whose
+    records all come before the resume position are not opened (with a ``deterministic``
+    order, for sources that know their files' record counts: `_files_done_before`). Cached
+    examples are decoded once, on the first pass (a resume decodes that pass again to fill
+    the cache).
     """
     if not repeat:
         first_epoch, offset, epochs = 0, skip, 1
@@ -116,15 +147,25 @@ def _element_order(reader: sources.base.Reader, *, cache: bool, repeat: bool, sh
             raise ValueError("the input pipeline's source has no records on this host")
         first_epoch, offset = divmod(skip, size)
         epochs = None
-    cached = None
+    cached, skipped = None, None
     if cache:
         cached = reader.examples(reader.records(tf.constant(0, tf.int64))).cache()
+    elif deterministic:
+        skipped = _files_done_before(reader, first_epoch, offset, shuffle=shuffle,
+                                     shuffle_buffer=shuffle_buffer, seed=seed)
 
     def epoch_elements(epoch):
         epoch_seed = _epoch_seed(seed, epoch)
-        ds = cached if cached is not None else reader.records(epoch)
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer, seed=epoch_seed)
+        if cached is not None:
+            ds = cached
+        elif skipped is None or not any(skipped):
+            ds = reader.records(epoch)
+        else:
+            # Placeholders for the finished files in the resumed epoch only.
+            ds = reader.records(epoch, tf.logical_and(tf.constant(skipped),
+                                                      tf.equal(epoch, first_epoch)))
+        ds = _shuffled(ds, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                       epoch_seed=epoch_seed)
         start = tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0)
         ds = ds.skip(start)
         if cached is None:
@@ -191,7 +232,7 @@ def make_pretrain_dataset(
                          process_count=process_count, shuffle_files=shuffle)
     ds = _element_order(reader, cache=data.cache, repeat=repeat, shuffle=shuffle,
                         shuffle_buffer=data.shuffle_buffer or 10 * batch_size, seed=seed,
-                        skip=skip_batches * batch_size)
+                        skip=skip_batches * batch_size, deterministic=deterministic)
 
     def preprocess(ex, element_seed):
         views = geometry.two_views(ex["image"], ex["mask"], image_size=image_size,
