@@ -19,8 +19,9 @@ written to a temporary name and renamed when complete (for an ``--output`` in a 
 ``gs://...``: written locally, then uploaded as one object), so an interrupted run resumes
 by skipping finished shards. Beside the shards, ``{split}.counts.json`` holds each shard's
 record count and size (``detcon_jax.record_index``), so that a training run resuming late in
-an epoch need not read the shards to count them. Images are kept byte for byte (PNG stays PNG; the official converter
-re-encodes PNG/CMYK files as JPEG); images that fail to decode are skipped and counted.
+an epoch need not read the shards to count them. Images are kept byte for byte (PNG stays
+PNG; the official converter re-encodes PNG/CMYK files as JPEG); images that fail to decode
+are skipped and counted.
 """
 
 from __future__ import annotations
