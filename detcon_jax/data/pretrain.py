@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from detcon_jax.data import geometry, mask_sources, sources
@@ -105,25 +104,31 @@ def _shuffled(ds: tf.data.Dataset, *, shuffle: bool, shuffle_buffer: int,
     return ds.shuffle(shuffle_buffer, seed=epoch_seed) if shuffle else ds
 
 
-def _files_done_before(reader: sources.base.Reader, epoch: int, offset: int, *,
-                       shuffle: bool, shuffle_buffer: int, seed: int) -> list[bool] | None:
-    """Which files of epoch ``epoch`` have every record emitted by the shuffle before
-    position ``offset``: a resume there needs none of their records.
+def _files_done_before(reader: sources.base.Reader, epoch: tf.Tensor, *, resumed_epoch: int,
+                       offset: int, shuffle: bool, shuffle_buffer: int,
+                       epoch_seed: tf.Tensor) -> tf.Tensor:
+    """Which files of epoch ``epoch`` a resume at position ``offset`` of ``resumed_epoch``
+    needs no record of (bool per file; none in the other epochs): those whose records the
+    shuffle has all emitted before the position.
 
     The shuffle's choices depend on nothing but its seed and the number of elements, so
     shuffling the epoch's layout (the file number of each position, known without opening a
     file) the way the pipeline shuffles the records tells which positions it emits first.
+    Done inside the pipeline, when the resumed epoch starts.
     """
-    if reader.layout is None or offset == 0:
-        return None
-    counts = np.asarray(reader.file_counts(), np.int64)
-    ds = tf.data.Dataset.range(epoch, epoch + 1).flat_map(lambda e: _shuffled(
-        reader.layout(e), shuffle=shuffle, shuffle_buffer=shuffle_buffer,
-        epoch_seed=_epoch_seed(seed, e)).take(offset))
-    emitted = np.zeros_like(counts)
-    for chunk in ds.batch(1 << 16).as_numpy_iterator():
-        emitted += np.bincount(chunk, minlength=len(counts))
-    return [bool(done) for done in emitted == counts]
+    counts = tf.constant(reader.file_counts(), tf.int64)
+    n = len(reader.file_counts())
+
+    def emitted():
+        positions = _shuffled(reader.layout(epoch), shuffle=shuffle,
+                              shuffle_buffer=shuffle_buffer, epoch_seed=epoch_seed)
+        return positions.take(offset).batch(1 << 16).reduce(
+            tf.zeros([n], tf.int64), lambda total, files: total + tf.math.bincount(
+                tf.cast(files, tf.int32), minlength=n, maxlength=n, dtype=tf.int64))
+
+    per_file = tf.cond(tf.equal(epoch, resumed_epoch), emitted,
+                       lambda: tf.zeros([n], tf.int64))
+    return tf.equal(per_file, counts)
 
 
 def _element_order(reader: sources.base.Reader, *, cache: bool, repeat: bool, shuffle: bool,
@@ -147,23 +152,24 @@ def _element_order(reader: sources.base.Reader, *, cache: bool, repeat: bool, sh
             raise ValueError("the input pipeline's source has no records on this host")
         first_epoch, offset = divmod(skip, size)
         epochs = None
-    cached, skipped = None, None
+    cached = None
     if cache:
         cached = reader.examples(reader.records(tf.constant(0, tf.int64))).cache()
-    elif deterministic:
-        skipped = _files_done_before(reader, first_epoch, offset, shuffle=shuffle,
-                                     shuffle_buffer=shuffle_buffer, seed=seed)
+    # Files are skipped unopened only where the order is fixed: otherwise the interleave may
+    # hand a placeholder to a position after the resume.
+    skip_files = (cached is None and deterministic and offset > 0
+                  and reader.layout is not None)
 
     def epoch_elements(epoch):
         epoch_seed = _epoch_seed(seed, epoch)
         if cached is not None:
             ds = cached
-        elif skipped is None or not any(skipped):
-            ds = reader.records(epoch)
+        elif skip_files:
+            ds = reader.records(epoch, _files_done_before(
+                reader, epoch, resumed_epoch=first_epoch, offset=offset, shuffle=shuffle,
+                shuffle_buffer=shuffle_buffer, epoch_seed=epoch_seed))
         else:
-            # Placeholders for the finished files in the resumed epoch only.
-            ds = reader.records(epoch, tf.logical_and(tf.constant(skipped),
-                                                      tf.equal(epoch, first_epoch)))
+            ds = reader.records(epoch)
         ds = _shuffled(ds, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
                        epoch_seed=epoch_seed)
         start = tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0)
