@@ -215,7 +215,8 @@ def make_pretrain_dataset(
       skip_batches: batches to fast-forward past (resuming a run): the first batch is the one
         an uninterrupted pipeline yields after ``skip_batches`` batches. The resume rebuilds
         the epoch that position falls in and drops records there before decoding them, so it
-        costs at most one epoch of reading (plus counting one epoch's records); it is exact
+        costs at most one epoch of reading (records per file from the source's counts,
+        see `record_index`; files finished before the position are not opened); it is exact
         whenever the element order is (``deterministic``) and no record was dropped as
         corrupt (positions count records).
       shuffle: shuffle files and examples.
