@@ -3,7 +3,8 @@
 The checkpoints, ``config.json`` and ``metrics.jsonl`` go to the emulator's bucket
 (tests/gcs_emulator.py points orbax/tensorstore and etils.epath/gcsfs at it). A run is
 SIGKILLed while the emulator holds a checkpoint step without its commit file, rerun, and
-ends with the parameters of a local run that was never interrupted. TensorBoard
+ends with the parameters of a local run that was never interrupted; an evaluator loads
+the encoder from the bucket. TensorBoard
 events go through TensorFlow's own GCS client, which cannot be pointed at an emulator: the
 run writes them to a local folder (``tensorboard_dir``); that layer is tested on TF's
 ``ram://`` file system in tests/test_remote_paths.py. A bucket that does not exist is one
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import uuid
 
+import jax
+import numpy as np
 import pytest
 from cli_helpers import (
     REPO,
@@ -32,6 +35,7 @@ from etils import epath
 from gcs_emulator import reset_path_caches
 
 from detcon_jax import checkpoint
+from detcon_jax.evaluate import features
 
 STEPS, EVERY = 8, 2
 COMMIT_FILE = "commit_success.txt"  # orbax's mark of a complete step on an object store
@@ -44,6 +48,11 @@ def _overrides(tmp_path) -> dict[str, object]:
 
 def _logged_steps(text: str) -> list[int]:
     return [json.loads(line)["step"] for line in text.splitlines() if line.strip()]
+
+
+def _leaves(tree) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _steps_in_bucket(gcs, prefix: str) -> dict[int, bool]:
@@ -105,6 +114,11 @@ def test_a_bucket_workdir_killed_during_a_save_and_resumed_equals_a_local_run(gc
     # Every logged step once, the same steps as the uninterrupted run.
     assert _logged_steps(remote_metrics) == _logged_steps((local / "metrics.jsonl").read_text())
     assert (epath.Path(workdir) / "config.json").exists()
+    # An evaluator's encoder, read from the bucket, is the local run's.
+    remote_backbone, info = features.load_backbone(workdir)
+    assert info["kind"] == "orbax" and info["step"] == STEPS, info
+    local_backbone, _ = features.load_backbone(str(local))
+    assert_same_state(_leaves(remote_backbone.variables), _leaves(local_backbone.variables))
     # Nothing of the bucket run landed in a local ``gs:`` folder.
     assert not (tmp_path / "gs:").exists() and not (REPO / "gs:").exists()
     assert sorted(os.listdir(tmp_path)) == ["local", "tensorboard"]
