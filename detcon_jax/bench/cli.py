@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--batch_size", type=int, default=32)
     resume.add_argument("--image_size", type=int, default=128)
     resume.add_argument("--repeats", type=int, default=3)
+    resume.add_argument("--no_index", dest="with_index", action="store_false",
+                        help="no record-count index beside the shards (counted from framing)")
 
     fh = sub.add_parser("fh", parents=[common], help="Felzenszwalb-Huttenlocher mask generation")
     fh.add_argument("--workers", type=int, default=1)
@@ -180,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.what == "resume":
                 result = bench_resume(late_epoch=args.late_epoch, num_shards=args.num_shards,
                                       per_shard=args.per_shard, batch_size=args.batch_size,
-                                      image_size=args.image_size, repeats=args.repeats)
+                                      image_size=args.image_size, repeats=args.repeats,
+                                      with_index=args.with_index)
             else:
                 result = bench_fh(workers=args.workers, repeats=args.repeats,
                                   data_dir=args.data_dir, max_images=args.max_images)
