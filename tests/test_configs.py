@@ -123,7 +123,7 @@ def test_load_reads_a_file_with_its_argument_and_overrides(tmp_path):
     ("experiments/nope.py", {}, "--config=experiments/nope.py: config file not found"),
     ("experiments/detcon_b_camvid.py:foo", {},
      "--config=experiments/detcon_b_camvid.py:foo: config argument 'foo': mask source must be "
-     "one of ('gt', 'fh', 'grid'), got 'foo'"),
+     "one of ('gt', 'fh', 'grid', 'learned'), got 'foo'"),
     ("experiments/smoke.py", {"optim.lerning_rate": 1.0},
      "unknown config key 'optim.lerning_rate' (did you mean 'optim.base_learning_rate'?)"),
     ("experiments/smoke.py", {"batch_size": "big"}, "config key 'batch_size': "),
@@ -181,7 +181,7 @@ def _one_error_line(proc: subprocess.CompletedProcess, tmp_path: pathlib.Path) -
      "error: --config=experiments/nope.py: config file not found: experiments/nope.py"),
     (("--config=experiments/detcon_b_camvid.py:foo",),
      "error: --config=experiments/detcon_b_camvid.py:foo: config argument 'foo': mask source "
-     "must be one of ('gt', 'fh', 'grid'), got 'foo'"),
+     "must be one of ('gt', 'fh', 'grid', 'learned'), got 'foo'"),
     (("--config=experiments/smoke.py", "--config.optim.lerning_rate=1"),
      "error: unknown config key 'optim.lerning_rate' (did you mean "
      "'optim.base_learning_rate'?)"),

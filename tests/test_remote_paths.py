@@ -313,8 +313,9 @@ def test_fh_masks_writes_its_shards_to_a_bucket(bucket_dir, tmp_path):
     remote = fh_masks.main([*argv, f"--output={bucket_dir}/fh"])
     assert remote.written == local.written == 3
     names = ["train-00000-of-00002", "train-00001-of-00002"]
-    assert _names(f"{bucket_dir}/fh") == names
-    for name in names:  # FH is deterministic: the same bytes as the local run
+    # The shards and their record-count index (`record_index`).
+    assert _names(f"{bucket_dir}/fh") == [*names, "train.counts.json"]
+    for name in [*names, "train.counts.json"]:  # FH is deterministic: the local run's bytes
         assert epath.Path(bucket_dir, "fh", name).read_bytes() == (
             tmp_path / "local" / name).read_bytes()
     again = fh_masks.main([*argv, f"--output={bucket_dir}/fh"])

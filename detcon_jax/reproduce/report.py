@@ -19,13 +19,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.2f}"
 
 
+def heading(title: str, results: Mapping[str, Any]) -> list[str]:
+    """The first lines of a report: ``title`` at the run's budget, and its command."""
+    return [f"# {title} at the `{results['budget']}` budget (our numbers)", "",
+            f"- Command: `{results['command']}`"]
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     """``results.md``: the setting, one table of every number and the claims checked."""
     splits = results["splits"]
     lines = [
-        f"# DetCon reproduction at the `{results['budget']}` budget (our numbers)",
-        "",
-        f"- Command: `{results['command']}`",
+        *heading("DetCon reproduction", results),
         f"- Date: {results['date']}; machine: {results['machine']}; wall time: "
         f"{duration(results['wall_time_s'])} (this invocation; pretraining + probes of all "
         f"stages, summed over resumed invocations: {duration(results['stage_time_s'])})",

@@ -32,7 +32,8 @@ def class_folder_files(root: str | os.PathLike) -> tuple[list[str], list[int], l
 
 class FolderSource(base.ListedSource):
     """``data_dir/images/*.jpg|png``; with ``gt_masks``, id maps ``data_dir/labels/NAME.png``
-    (8-bit, or 16-bit with ids < 256; see ``decode.decode_id_png``)."""
+    (grayscale 8-bit, 16-bit with ids < 256, or palette; see
+    ``decode.decode_label_png``)."""
 
     has_gt_masks = True
 
@@ -94,7 +95,7 @@ class FolderSource(base.ListedSource):
         def load(path, label_path):
             mask = None
             if gt_masks:
-                mask = decode.decode_id_png(tf.io.read_file(label_path), label_path)
+                mask = decode.decode_label_png(tf.io.read_file(label_path), label_path)
             return base.example(tf.io.read_file(path), mask, -1, path)
 
         return ds, load
