@@ -21,6 +21,7 @@ __all__ = [
     "METHODS",
     "check_schedule",
     "data_path_error",
+    "has_discovery_network",
     "is_url",
     "MASK_SOURCES",
     "model_signature",
@@ -31,7 +32,10 @@ __all__ = [
 ]
 
 METHODS = ("detcon_b", "detcon_s", "byol", "simclr")
-MASK_SOURCES = ("fh", "gt", "grid", "none")
+MASK_SOURCES = ("fh", "gt", "grid", "learned", "none")
+LEARNED_NETWORKS = ("target", "ema", "online")
+BOOTSTRAP_SOURCES = ("fh", "grid")
+KMEANS_DISTANCES = ("cosine", "euclidean")
 DEPTHS = (18, 34, 50, 101, 152, 200)
 DTYPES = ("float32", "bfloat16")
 # Sources that cannot work without a data directory.
@@ -90,7 +94,7 @@ def validate(config: Any) -> None:
              f"must be one of {MASK_SOURCES}, got {k.source!r}")
     if config.method in ("detcon_b", "detcon_s"):
         _require(k.source != "none", "masks.source",
-                 f"must be 'fh', 'gt' or 'grid' for method {config.method!r}")
+                 f"must be 'fh', 'gt', 'grid' or 'learned' for method {config.method!r}")
     else:
         _require(k.source == "none", "masks.source",
                  f"must be 'none' for method {config.method!r} (one whole-image mask)")
@@ -98,10 +102,12 @@ def validate(config: Any) -> None:
     _require(1 <= k.max_mask_id <= 256, "masks.max_mask_id",
              f"must be in [1, 256] (mask ids are uint8), got {k.max_mask_id}")
     _require(k.grid_size >= 1, "masks.grid_size", f"must be >= 1, got {k.grid_size}")
-    if k.source == "grid":
+    if k.source == "grid" or (k.source == "learned" and k.learned.bootstrap_source == "grid"):
         _require(k.grid_size**2 <= k.max_mask_id, "masks.grid_size",
                  f"gives {k.grid_size**2} cells, more than masks.max_mask_id={k.max_mask_id}")
     _require(k.fh_index >= 0, "masks.fh_index", f"must be >= 0, got {k.fh_index}")
+    if k.source == "learned":
+        _validate_learned(config)
 
     o = config.optim
     _require(o.base_learning_rate >= 0, "optim.base_learning_rate", "must be >= 0")
@@ -131,6 +137,10 @@ def validate(config: Any) -> None:
     if d.path and not is_url(d.path) and not os.path.isdir(os.path.expanduser(d.path)):
         raise ConfigError(data_path_error(d.path))
 
+    init = config.get("init_checkpoint")
+    if init and not is_url(init) and not os.path.exists(os.path.expanduser(init)):
+        raise ConfigError(f"config key 'init_checkpoint': {init}: no such file or directory "
+                          "(give a `convert haiku-to-orbax` output, a workdir or a Haiku .npy)")
     _require(config.batch_size >= 1, "batch_size", f"must be >= 1, got {config.batch_size}")
     _validate_loss(config)
     _require(config.num_epochs >= 1, "num_epochs", f"must be >= 1, got {config.num_epochs}")
@@ -161,6 +171,32 @@ def check_schedule(warmup_steps: int, total_steps: int) -> None:
             f"config key 'optim.warmup_epochs': {warmup_steps} warm-up steps >= {total_steps} "
             f"total steps (for a short run add --config.optim.warmup_epochs=0, or train more "
             f"than {warmup_steps} steps)")
+
+
+def _validate_learned(config: Any) -> None:
+    """``masks.learned`` (only read for ``masks.source='learned'``)."""
+    k, lm = config.masks, config.masks.learned
+    key = "masks.learned."
+    _require(2 <= lm.num_clusters <= k.max_mask_id, key + "num_clusters",
+             f"must be in [2, masks.max_mask_id={k.max_mask_id}], got {lm.num_clusters}")
+    _require(lm.iterations >= 1, key + "iterations", f"must be >= 1, got {lm.iterations}")
+    _require(lm.distance in KMEANS_DISTANCES, key + "distance",
+             f"must be one of {KMEANS_DISTANCES}, got {lm.distance!r}")
+    _require(lm.image_size >= 32 and lm.image_size % 32 == 0, key + "image_size",
+             f"must be a positive multiple of 32 (the encoder stride), got {lm.image_size}")
+    _require(1 <= lm.layer <= 4, key + "layer",
+             f"must be a block group of the encoder, 1-4 (4 = the last), got {lm.layer}")
+    _require(lm.network in LEARNED_NETWORKS, key + "network",
+             f"must be one of {LEARNED_NETWORKS}, got {lm.network!r}")
+    if lm.network == "target":
+        _require(uses_target_network(config.method), key + "network",
+                 f"'target' needs a target network; method {config.method!r} has none "
+                 "(use 'ema' or 'online')")
+    _require(0 <= lm.ema_rate < 1, key + "ema_rate", f"must be in [0, 1), got {lm.ema_rate}")
+    _require(lm.bootstrap_steps >= 0, key + "bootstrap_steps",
+             f"must be >= 0, got {lm.bootstrap_steps}")
+    _require(lm.bootstrap_source in BOOTSTRAP_SOURCES, key + "bootstrap_source",
+             f"must be one of {BOOTSTRAP_SOURCES}, got {lm.bootstrap_source!r}")
 
 
 def _validate_loss(config: Any) -> None:
@@ -244,7 +280,7 @@ def model_signature(config: Any) -> dict[str, Any]:
     A workdir whose checkpoint has another signature belongs to another model.
     """
     m = config.model
-    return {
+    signature = {
         "method": str(config.method),
         "model": {
             "depth": int(m.depth),
@@ -257,3 +293,11 @@ def model_signature(config: Any) -> dict[str, Any]:
                                    else list(m.channels_per_group)),
         },
     }
+    if has_discovery_network(config):
+        signature["discovery_network"] = "ema"
+    return signature
+
+
+def has_discovery_network(config: Any) -> bool:
+    """True when the learned masks' discovery network is its own EMA (in the TrainState)."""
+    return config.masks.source == "learned" and config.masks.learned.network == "ema"

@@ -17,8 +17,11 @@ counted and reported.
 The work is spread over ``--workers`` processes (default: every core). Each output shard is
 written to a temporary name and renamed when complete (for an ``--output`` in a bucket,
 ``gs://...``: written locally, then uploaded as one object), so an interrupted run resumes
-by skipping finished shards. Images are kept byte for byte (PNG stays PNG; the official converter
-re-encodes PNG/CMYK files as JPEG); images that fail to decode are skipped and counted.
+by skipping finished shards. Beside the shards, ``{split}.counts.json`` holds each shard's
+record count and size (``detcon_jax.record_index``), so that a training run resuming late in
+an epoch need not read the shards to count them. Images are kept byte for byte (PNG stays
+PNG; the official converter re-encodes PNG/CMYK files as JPEG); images that fail to decode
+are skipped and counted.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from detcon_jax import paths
+from detcon_jax import paths, record_index
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 FH_FEATURE = "image/felzenszwalb_segmentations"
@@ -47,9 +50,9 @@ Setting = tuple[float, int]
 def _tf():
     # TensorFlow is imported lazily so that spawned workers start without it until they need
     # it, and so that importing this module stays cheap.
-    import tensorflow as tf
+    from detcon_jax import console
 
-    return tf
+    return console.import_tensorflow()
 
 
 def parse_settings(scales: str | Sequence[float], min_sizes: str | Sequence[int]) -> list[Setting]:
@@ -153,11 +156,13 @@ def list_image_files(root: str | os.PathLike) -> list[Item]:
 
 
 def tfrecord_files(path: str | os.PathLike) -> list[str]:
-    """TFRecord files named by a file, a glob or a folder (all non-hidden files in it)."""
+    """TFRecord files named by a file, a glob or a folder (its non-hidden files but the
+    record-count index, `record_index`)."""
     path = str(path)
     if os.path.isdir(path):
         files = [os.path.join(path, f) for f in sorted(os.listdir(path))
-                 if not f.startswith(".") and os.path.isfile(os.path.join(path, f))]
+                 if not f.startswith(".") and not f.endswith(".counts.json")
+                 and os.path.isfile(os.path.join(path, f))]
     else:
         files = sorted(glob.glob(path))
     return files
@@ -301,6 +306,9 @@ def generate(
     """
     from tqdm import tqdm
 
+    if not os.path.exists(input_path) and not glob.glob(str(input_path)):
+        raise FileNotFoundError(f"--input={input_path}: no such file or folder (give an image "
+                                "folder, a TFRecord file, a folder of them or a glob)")
     output = paths.check_reachable(output_dir, what="--output", writable=True)
     tf = _tf()
     settings = [(float(s), int(m)) for s, m in settings]
@@ -321,6 +329,7 @@ def generate(
     if not paths.is_remote(output):
         output.mkdir(parents=True, exist_ok=True)
     summary = Summary(images=total, overflow={s: 0 for s in settings})
+    index: dict[str, list[int]] = {}  # shard name -> [records, bytes] (`record_index`)
 
     todo = []
     for s in range(num_shards):
@@ -374,17 +383,21 @@ def generate(
             final = output / shard_name(split, s, num_shards)
             # TFRecordWriter would reach a bucket through TensorFlow's own GCS client; the
             # staged local file is uploaded through epath like every other output.
-            with paths.staged_file(final) as tmp, tf.io.TFRecordWriter(tmp) as writer:
-                for serialized, counts, error in results:
-                    bar.update(1)
-                    if error is not None:
-                        summary.skipped_images.append(error)
-                        print(f"Skipping unreadable image {error}", file=sys.stderr)
-                        continue
-                    writer.write(serialized)
-                    summary.written += 1
-                    for setting, count in zip(settings, counts, strict=True):
-                        summary.overflow[setting] += count > 256
+            with paths.staged_file(final) as tmp:
+                records = 0
+                with tf.io.TFRecordWriter(tmp) as writer:
+                    for serialized, counts, error in results:
+                        bar.update(1)
+                        if error is not None:
+                            summary.skipped_images.append(error)
+                            print(f"Skipping unreadable image {error}", file=sys.stderr)
+                            continue
+                        writer.write(serialized)
+                        records += 1
+                        for setting, count in zip(settings, counts, strict=True):
+                            summary.overflow[setting] += count > 256
+                index[final.name] = [records, os.path.getsize(tmp)]
+            summary.written += records
             summary.shards_written.append(os.fspath(final))
             submit()
     finally:
@@ -392,6 +405,12 @@ def generate(
         if pool is not None:
             pool.close()
             pool.join()
+    for path in summary.shards_resumed:
+        shard = paths.as_path(path)
+        size = shard.stat().length
+        with shard.open("rb") as f:
+            index[shard.name] = [record_index.count_framed(f, size), size]
+    record_index.write_index(output, split, index)
     return summary
 
 

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import optax
 
 from detcon_jax import augment as augment_lib
-from detcon_jax import losses, optim
+from detcon_jax import learned_masks, losses, optim
 from detcon_jax import masks as masks_lib
 from detcon_jax import model as model_lib
-from detcon_jax.config import uses_target_network
+from detcon_jax.config import has_discovery_network, uses_target_network
 from detcon_jax.model import DetConNetwork
 
 __all__ = [
@@ -55,7 +55,8 @@ class TrainState:
 
     ``target_*`` are ``None`` for methods without a target network (DetCon-S, SimCLR).
     ``rng`` is the run's base key; step ``k`` uses ``fold_in(rng, k)``, so a resumed run
-    draws exactly the numbers an uninterrupted one would.
+    draws exactly the numbers an uninterrupted one would. ``discovery_*``: the learned
+    masks' own EMA of the online network (``masks.learned.network='ema'``), else ``None``.
     """
 
     step: jax.Array
@@ -65,6 +66,8 @@ class TrainState:
     target_batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    discovery_params: Any = None
+    discovery_batch_stats: Any = None
 
 
 @flax.struct.dataclass
@@ -161,6 +164,11 @@ def create_train_state(config: Any, rng: jax.Array, *,
     if uses_target_network(config.method):
         target = network.init(rng_target, images, masks, train=True)
         target_params, target_stats = target["params"], target["batch_stats"]
+    discovery = {}
+    if has_discovery_network(config):
+        # The discovery EMA starts as the online network (Odin's momentum encoder).
+        discovery = dict(discovery_params=online["params"],
+                         discovery_batch_stats=online["batch_stats"])
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         online_params=online["params"],
@@ -169,7 +177,36 @@ def create_train_state(config: Any, rng: jax.Array, *,
         target_batch_stats=target_stats,
         opt_state=optimizer.init(online["params"]),
         rng=rng_train,
+        **discovery,
     )
+
+
+def _discovery_variables(config: Any, state: TrainState) -> dict[str, Any]:
+    """The variables of the learned masks' discovery network (``masks.learned.network``)."""
+    network = config.masks.learned.network
+    if network == "target":
+        return {"params": state.target_params, "batch_stats": state.target_batch_stats}
+    if network == "ema":
+        return {"params": state.discovery_params, "batch_stats": state.discovery_batch_stats}
+    return {"params": state.online_params, "batch_stats": state.online_batch_stats}
+
+
+def _update_discovery(config: Any, state: TrainState, online_params: Any,
+                      online_stats: Any) -> dict[str, Any]:
+    """The discovery EMA's step towards the updated online network (empty without one)."""
+    if not has_discovery_network(config):
+        return {}
+    rate = config.masks.learned.ema_rate
+
+    def ema(d, o):
+        # Integer leaves (the BatchNorm update counters) follow the online network.
+        if not jnp.issubdtype(d.dtype, jnp.floating):
+            return o
+        return d + (1.0 - rate) * (o - d)
+
+    return dict(discovery_params=jax.tree.map(ema, state.discovery_params, online_params),
+                discovery_batch_stats=jax.tree.map(ema, state.discovery_batch_stats,
+                                                   online_stats))
 
 
 def featurewise_std(x: jax.Array) -> jax.Array:
@@ -265,9 +302,22 @@ def mask_metrics(config: Any, inputs: StepInputs) -> Metrics:
             "mask_ids_view1": counts[0].mean(), "mask_ids_view2": counts[1].mean()}
 
 
+def _with_learned_masks(config: Any, discovery_network: Any, state: TrainState | None,
+                        rng: jax.Array, batch: Batch) -> Batch:
+    """``batch`` with the learned masks of ``state``'s discovery network (other sources:
+    ``batch`` as it is)."""
+    if discovery_network is None:
+        return batch
+    if state is None:
+        raise ValueError("masks.source='learned' needs the training state to draw its masks")
+    return learned_masks.with_learned_masks(
+        config, discovery_network, _discovery_variables(config, state), rng, state.step, batch)
+
+
 def make_loss_inputs(config: Any, *, num_images: int
-                     ) -> Callable[[jax.Array, Batch], dict[str, jax.Array]]:
-    """Builds the pure ``loss_inputs(key, batch) -> arrays`` for pictures of one step.
+                     ) -> Callable[..., dict[str, jax.Array]]:
+    """Builds the pure ``loss_inputs(key, batch, state=None) -> arrays`` for pictures of one
+    step (``state``: required for ``masks.source='learned'``, whose masks it computes).
 
     With ``key = step_key(state)`` and the step's batch it returns exactly what
     ``make_train_step``'s step sees (the same augmentation and mask draws), for the first
@@ -278,7 +328,11 @@ def make_loss_inputs(config: Any, *, num_images: int
     augmented: each image's draws depend on its row).
     """
 
-    def loss_inputs(key: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    discovery_network = make_network(config) if config.masks.source == "learned" else None
+
+    def loss_inputs(key: jax.Array, batch: Batch,
+                    state: TrainState | None = None) -> dict[str, jax.Array]:
+        batch = _with_learned_masks(config, discovery_network, state, key, batch)
         inputs = _step_inputs(config, key, batch)
         side = _feature_size(batch["view1"].shape[1])
         out = {}
@@ -353,8 +407,11 @@ def make_train_step(config: Any, schedules: Schedules,
     GT or grid); ``label`` int ``[B]`` (-1 = unknown). Optional ``mask_ids1``,
     ``mask_ids2`` int ``[B, masks.num_samples]``: the mask ids of each view, used by both
     networks instead of the step's random draw (ids in ``[0, masks.max_mask_id)``; an id
-    absent from its view's grid pools an empty mask, i.e. a zero vector). Metrics are
-    scalars over the global batch.
+    absent from its view's grid pools an empty mask, i.e. a zero vector). For
+    ``masks.source='learned'`` also ``cover``, ``cover_box1/2``, ``cover_flip1/2`` (see
+    ``data.geometry.two_views``): the masks are then discovered on device
+    (``learned_masks``), ``mask1/2`` are the bootstrap masks. Metrics are scalars over the
+    global batch.
     """
     # Both views go through the network in one call (per-view BatchNorm statistics, moving
     # averages updated view 1 then view 2, as the official two calls): one traced network
@@ -362,6 +419,8 @@ def make_train_step(config: Any, schedules: Schedules,
     network = make_network(config, num_views=2)
     with_target = uses_target_network(config.method)
     num_classes = config.model.num_classes
+    # Learned masks: the discovery network sees one covering window per example.
+    discovery_network = make_network(config) if config.masks.source == "learned" else None
 
     def forward(params, stats, views, masks):
         outputs, updated = network.apply(
@@ -370,7 +429,9 @@ def make_train_step(config: Any, schedules: Schedules,
         return model_lib.split_views(outputs, 2), updated["batch_stats"]
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        inputs = _step_inputs(config, step_key(state), batch)
+        rng = step_key(state)
+        batch = _with_learned_masks(config, discovery_network, state, rng, batch)
+        inputs = _step_inputs(config, rng, batch)
         (view1, view2), (masks1, masks2), (ids1, ids2) = inputs.views, inputs.masks, inputs.ids
 
         target_outputs = None
@@ -431,6 +492,7 @@ def make_train_step(config: Any, schedules: Schedules,
             target_params=target_params,
             target_batch_stats=target_stats,
             opt_state=opt_state,
+            **_update_discovery(config, state, online_params, aux["stats"]),
         )
         return new_state, metrics
 

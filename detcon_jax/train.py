@@ -43,7 +43,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from detcon_jax import config as config_lib
-from detcon_jax import configs, distributed
+from detcon_jax import configs, console, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/*.py); override keys with "
@@ -75,13 +75,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except config_lib.ConfigError as e:
         _error_exit(str(e))
         raise  # unreachable
-
-
-class _QuietLibraries:
-    """Logging filter: keeps orbax's per-save INFO chatter out of the console progress."""
-
-    def filter(self, record: Any) -> bool:
-        return record.levelno >= 30 or "orbax" not in record.pathname
 
 
 def _maybe_initialize_distributed() -> None:
@@ -133,8 +126,7 @@ def main(argv: list[str]) -> None:
         _error_exit("--config is required (e.g. --config=experiments/smoke.py)")
     if not _WORKDIR.value:
         _error_exit("--workdir is required")
-    for handler in logging.get_absl_logger().handlers + [logging.get_absl_handler()]:
-        handler.addFilter(_QuietLibraries())
+    console.quiet_libraries()
     try:
         # Before the distributed runtime starts and before the trainer's libraries (flax,
         # orbax, TensorFlow) load, so that a bad flag fails within a second or two.
@@ -144,6 +136,7 @@ def main(argv: list[str]) -> None:
     _maybe_initialize_distributed()
     stop = StopRequest()  # first thing: a SIGTERM during start-up is not lost
 
+    console.import_tensorflow()  # before the trainer loads it: without its start-up lines
     from detcon_jax import trainer
 
     try:

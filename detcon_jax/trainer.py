@@ -22,9 +22,10 @@ step the loop runs five concerns in sequence:
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
@@ -35,7 +36,17 @@ from jax.experimental import multihost_utils
 
 from detcon_jax import checkpoint as ckpt_lib
 from detcon_jax import config as config_lib
-from detcon_jax import data, diagnostics, distributed, mask_pictures, optim, paths, sharding
+from detcon_jax import (
+    console,
+    data,
+    diagnostics,
+    distributed,
+    mask_pictures,
+    optim,
+    paths,
+    sharding,
+    warm_start,
+)
 from detcon_jax import metrics as metrics_lib
 from detcon_jax import step as step_lib
 
@@ -133,19 +144,21 @@ def _make_dataset(config: Any, *, start_batch: int
     # The input pipeline must never take accelerator memory from JAX.
     tf.config.set_visible_devices([], "GPU")
     stats = data.PipelineStats()
+    logging.info("Building the input pipeline (%s source).", config.data.source)
     if start_batch:
         logging.info("Fast-forwarding the input pipeline by %d batches.", start_batch)
-    ds = data.make_pretrain_dataset(
-        config.data,
-        config.masks,
-        batch_size=config.batch_size // jax.process_count(),
-        stats=stats,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        skip_batches=start_batch,
-    )
-    return ds.as_numpy_iterator(), stats
+    with console.native_noise_filtered():
+        ds = data.make_pretrain_dataset(
+            config.data,
+            config.masks,
+            batch_size=config.batch_size // jax.process_count(),
+            stats=stats,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            skip_batches=start_batch,
+        )
+        return ds.as_numpy_iterator(), stats
 
 
 def _next_batch(batches: Iterator[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -171,8 +184,13 @@ def _skipped_images(stats: data.PipelineStats) -> int:
 # ------------------------------------------------------------------------- start-up
 
 
-def _check(config: Any, workdir: str) -> tuple[int, int]:
-    """Every check that can fail before the workdir is written; returns (warmup, total).
+def _check(config: Any, workdir: str
+           ) -> tuple[int, int, int | None, warm_start.Variables | None]:
+    """Every check that can fail before the workdir is written.
+
+    Returns:
+      (warm-up steps, total steps, the workdir's newest complete checkpoint or None, the
+      ``init_checkpoint`` encoder of a new run or None).
 
     Raises:
       ConfigError: naming the key, path or checkpoint.
@@ -187,18 +205,32 @@ def _check(config: Any, workdir: str) -> tuple[int, int]:
         raise config_lib.ConfigError(config_lib.data_path_error(path))
     config_lib.validate_runtime(
         config, device_count=jax.device_count(), process_count=jax.process_count())
-    ckpt_lib.check_workdir_compatible(
+    latest = ckpt_lib.check_workdir_compatible(
         checkpoint_dir(workdir), config_lib.model_signature(config))
     if jax.process_count() > 1:
         # Every host reads the workdir before any host writes to it (a host that looked
         # after another created the checkpoint directory would take another code path).
         multihost_utils.sync_global_devices("detcon_jax.trainer: workdir checked")
-    return derive_steps(config, num_examples(config))
+    try:
+        data.check_source(config.data, config.masks)
+    except FileNotFoundError as e:
+        raise config_lib.ConfigError(f"config key 'data.path': {e}") from None
+    warmup, total = derive_steps(config, num_examples(config))
+    encoder = None
+    if config.init_checkpoint and latest is None:
+        schedules = step_lib.make_schedules(config, total_steps=total, warmup_steps=warmup)
+        optimizer = step_lib.make_optimizer(config, schedules)
+        abstract = jax.eval_shape(lambda: step_lib.create_train_state(
+            config, jax.random.PRNGKey(config.seed), optimizer=optimizer))
+        encoder = warm_start.load(config.init_checkpoint, abstract)
+    return warmup, total, latest, encoder
 
 
 def _init_or_restore(config: Any, mesh: jax.sharding.Mesh, checkpointer: ckpt_lib.Checkpointer,
-                     optimizer: Any) -> tuple[step_lib.TrainState, int, int]:
-    """(state, step, data position): the newest complete checkpoint's, or a new run's."""
+                     optimizer: Any, encoder: warm_start.Variables | None = None
+                     ) -> tuple[step_lib.TrainState, int, int]:
+    """(state, step, data position): the newest complete checkpoint's, or a new run's (with
+    ``encoder``, when given, as its online and target encoder)."""
 
     def create() -> step_lib.TrainState:
         return step_lib.create_train_state(
@@ -206,12 +238,23 @@ def _init_or_restore(config: Any, mesh: jax.sharding.Mesh, checkpointer: ckpt_li
 
     start = checkpointer.latest_step()
     if start is None:
-        logging.info("Initialising a new run.")
-        return sharding.create_sharded(create, mesh), 0, 0
+        with console.phase("Initialising a new run (compiling and running the model's "
+                           f"initialisation on {mesh.size} device(s))"):
+            state = sharding.create_sharded(create, mesh)
+            jax.block_until_ready(state)
+        if encoder is not None:
+            state = warm_start.apply(state, encoder)
+            logging.info("Encoder (online and target) initialised from %s.",
+                         config.init_checkpoint)
+        return state, 0, 0
+    if config.init_checkpoint:
+        logging.info("Resuming: init_checkpoint %s is not read (the workdir's checkpoint "
+                     "holds the encoder).", config.init_checkpoint)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)),
         jax.eval_shape(create))
-    state, meta = checkpointer.restore(abstract, start)
+    with console.phase(f"Restoring {checkpointer.directory} at step {start}"):
+        state, meta = checkpointer.restore(abstract, start)
     logging.info("Resumed from %s at step %d.", checkpointer.directory, start)
     return state, start, int(meta.get("data_position", start))
 
@@ -262,19 +305,79 @@ class _MetricWindow:
         return scalars
 
 
-class _Throughput:
-    """Steps per second since the previous reading, and the time the rest will take."""
+# --------------------------------------------------------------------- run life cycle
 
-    def __init__(self, step: int, total: int) -> None:
-        self._step, self._time, self._total = step, time.perf_counter(), total
 
-    def read(self, step: int) -> tuple[float, str]:
-        """(steps/s since the previous reading, ETA as ``H:MM:SS``)."""
-        now = time.perf_counter()
-        steps_per_s = (step - self._step) / max(now - self._time, 1e-9)
-        self._step, self._time = step, now
-        eta = int(max((self._total - step) / steps_per_s, 0)) if steps_per_s > 0 else 0
-        return steps_per_s, f"{eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+def default_compilation_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/detcon_jax/jax`` (default ``~/.cache/detcon_jax/jax``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "detcon_jax", "jax")
+
+
+def compilation_cache_dir(setting: str | None) -> str | None:
+    """The persistent compilation cache a run uses (None: off).
+
+    ``setting`` is ``config.compilation_cache_dir``: a path (or URI) is used as given, ``''``
+    turns the cache off, ``None`` keeps a directory JAX already has (the environment's
+    ``JAX_COMPILATION_CACHE_DIR`` or the caller's ``jax.config``), else the user cache dir.
+    """
+    if setting is not None:
+        return setting or None
+    return jax.config.jax_compilation_cache_dir or default_compilation_cache_dir()
+
+
+def _enable_compilation_cache(setting: str | None) -> None:
+    """A resumed run (or a re-run of a config) loads its compiled programs instead of
+    compiling them again; must run before the process's first compilation."""
+    directory = compilation_cache_dir(setting)
+    if directory and directory != jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", directory)
+    if directory:
+        logging.info("JAX compilation cache: %s", directory)
+
+
+def _first_batch_text(config: Any) -> str:
+    """What the first batch waits for, for the progress line before the first step."""
+    fh_on_the_fly = (config.masks.source == "fh"
+                     and not data.sources.source_class(config.data.source).stored_fh)
+    if fh_on_the_fly:
+        return ("Reading the first batch (Felzenszwalb masks are computed on the host, "
+                "which takes a while at large images)")
+    return "Reading the first batch"
+
+
+def _already_finished(config: Any, workdir: str, latest: int | None, total_steps: int,
+                      mesh: jax.sharding.Mesh, optimizer: Any) -> step_lib.TrainState | None:
+    """The final state, without building the pipeline or the step, when ``workdir`` holds a
+    checkpoint at or past the last step; None otherwise."""
+    if latest is None or latest < total_steps:
+        return None
+    checkpointer = ckpt_lib.Checkpointer(
+        checkpoint_dir(workdir), keep=config.checkpoint.keep,
+        signature=config_lib.model_signature(config))
+    try:
+        state, _, _ = _init_or_restore(config, mesh, checkpointer, optimizer)
+    finally:
+        checkpointer.close()
+    logging.info("%s already finished at step %d (of %d): nothing to train.",
+                 workdir, latest, total_steps)
+    return state
+
+
+def _first_step_done(step_metrics: Mapping[str, jax.Array], throughput: console.Throughput,
+                     step: int, *, since: float) -> float:
+    """Waits for the first (compiling) step of this process, then starts timing the steps
+    after it; returns the seconds since ``since`` (the compilation, mostly)."""
+    jax.block_until_ready(step_metrics)
+    throughput.started(step)
+    seconds = time.perf_counter() - since
+    logging.info("First step done in %.1f s (compiling the step, mostly).", seconds)
+    return seconds
+
+
+def _final_loss(scalars: Mapping[str, float]) -> float | None:
+    loss = scalars.get("loss")
+    return None if loss is None else float(loss)
 
 
 class _ImageSummaries:
@@ -299,7 +402,7 @@ class _ImageSummaries:
         """Call before training ``step`` on ``batch`` (``state`` is the state it starts from)."""
         if not self._every or step % self._every:
             return
-        a = jax.device_get(self._inputs(step_lib.step_key(state), batch))
+        a = jax.device_get(self._inputs(step_lib.step_key(state), batch, state))
         if not self._primary:
             return
         rows = mask_pictures.loss_panel(
@@ -338,22 +441,38 @@ def train(config: Any, workdir: str, *,
       NonFiniteError: a NaN/Inf loss or gradient; the newest checkpoint predates it.
       DataError: a record the pipeline refuses.
     """
-    warmup_steps, total_steps = _check(config, workdir)
+    started = time.perf_counter()
+    is_primary = jax.process_index() == 0
+    console.configure(is_primary=is_primary)
+    warmup_steps, total_steps, latest, encoder = _check(config, workdir)
+    # Everything is valid: from here on the workdir is written.
+    _enable_compilation_cache(config.compilation_cache_dir)
+    with console.run_log(workdir, is_primary=is_primary):
+        return _train_checked(config, workdir, stop=stop, started=started,
+                              warmup_steps=warmup_steps, total_steps=total_steps, latest=latest,
+                              encoder=encoder)
+
+
+def _train_checked(config: Any, workdir: str, *, stop: StopCondition | None, started: float,
+                   warmup_steps: int, total_steps: int, latest: int | None,
+                   encoder: warm_start.Variables | None) -> step_lib.TrainState:
+    """`train` after the checks: builds the run (or finds it finished), then loops."""
     if (grid_warning := diagnostics.feature_grid_warning(config)) is not None:
         logging.warning(grid_warning)
-
-    # Everything is valid: from here on the workdir is written.
     is_primary = jax.process_index() == 0
-    if is_primary:
-        _write_config(config, workdir)
     mesh = sharding.make_mesh(config_lib.resolve_mesh_shape(config.mesh, jax.device_count()))
     schedules = step_lib.make_schedules(
         config, total_steps=total_steps, warmup_steps=warmup_steps)
     optimizer = step_lib.make_optimizer(config, schedules)
+    finished = _already_finished(config, workdir, latest, total_steps, mesh, optimizer)
+    if finished is not None:
+        return finished
+    if is_primary:
+        _write_config(config, workdir)
     checkpointer = ckpt_lib.Checkpointer(
         checkpoint_dir(workdir), keep=config.checkpoint.keep,
         signature=config_lib.model_signature(config))
-    state, start, data_start = _init_or_restore(config, mesh, checkpointer, optimizer)
+    state, start, data_start = _init_or_restore(config, mesh, checkpointer, optimizer, encoder)
     train_step = sharding.jit_train_step(
         step_lib.make_train_step(config, schedules, optimizer,
                                  num_devices=mesh.shape.get(sharding.DATA_AXIS, 1)), mesh)
@@ -364,16 +483,20 @@ def train(config: Any, workdir: str, *,
     window = _MetricWindow()
     zero_watch = diagnostics.ZeroSignalWatch(config, logging.warning)
     images = _ImageSummaries(config, mesh, is_primary=is_primary)
-    throughput = _Throughput(start, total_steps)
+    throughput = console.Throughput(start, total_steps)
 
-    logging.info("Training steps %d..%d (%d of warm-up) on %d device(s) in %d process(es); "
-                 "the first step compiles.", start + 1, total_steps, warmup_steps,
-                 jax.device_count(), jax.process_count())
+    logging.info("Training steps %d..%d (%d of warm-up) on %d device(s) in %d process(es).",
+                 start + 1, total_steps, warmup_steps, jax.device_count(), jax.process_count())
     peer_lost = False
+    scalars: dict[str, float] = {}
+    compile_s = None
     try:
         batch = None
         if start < total_steps:
-            batch = sharding.global_batch(_next_batch(batches), mesh)
+            with console.phase(_first_batch_text(config)):
+                batch = sharding.global_batch(_next_batch(batches), mesh)
+            logging.info("Compiling the train step (the first step)...")
+        compile_begun = time.perf_counter()
         for step in range(start + 1, total_steps + 1):
             images.maybe_write(writer, step, state, batch)
             state, step_metrics = train_step(state, batch)
@@ -384,6 +507,9 @@ def train(config: Any, workdir: str, *,
             if step < total_steps:
                 batch = sharding.global_batch(_next_batch(batches), mesh)
             window.add(step, step_metrics)
+            if step == start + 1:
+                compile_s = _first_step_done(step_metrics, throughput, step,
+                                             since=compile_begun)
 
             stopping = stop.should_stop(step)
             save = stopping or _checkpoint_due(
@@ -418,7 +544,11 @@ def train(config: Any, workdir: str, *,
                                 step)
                 break
         else:
-            logging.info("Training finished at step %d.", total_steps)
+            logging.info("%s", console.summary(
+                workdir=workdir, tensorboard_dir=paths.tensorboard_dir(
+                    workdir, config.tensorboard_dir), total_steps=total_steps,
+                final_loss=_final_loss(scalars), wall_s=time.perf_counter() - started,
+                compile_s=compile_s))
     except Exception as e:
         peer_lost = distributed.lost_peer(e) is not None
         raise

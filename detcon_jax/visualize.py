@@ -165,6 +165,10 @@ def build_config(args: argparse.Namespace) -> Any:
     overrides = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items()
                  if getattr(args, flag) is not None}
     loading.apply_overrides(config, overrides)
+    if config.masks.source == "learned":
+        raise config_lib.ConfigError(
+            "masks.source='learned': learned masks come from a training run's network; see "
+            "them in its TensorBoard images (masks/what_the_loss_sees)")
     if not args.config and config.masks.source == "none":
         config.method = "byol"  # the one-mask method of the base config's family
     if config.data.path:

@@ -11,7 +11,13 @@ the effect of the masks on real scene images on a CPU (about 2 hours for the 1,1
 - ``gt`` (default): the CamVid label maps (12 classes incl. "unlabelled") as masks;
 - ``fh``: Felzenszwalb-Huttenlocher masks computed in the input pipeline (official ImageNet
   setting: scale 1000, min size 1000; computed once, then cached with the images);
-- ``grid``: 4 x 4 spatial-heuristic masks.
+- ``grid``: 4 x 4 spatial-heuristic masks;
+- ``learned``: masks discovered by the network itself (Odin-style, docs/learned_masks.md):
+  k-means (K = 8, cosine, 10 iterations) of the target network's block-group-3 features
+  (stride 16: an 8 x 8 grid) of the window covering both views at 128 px, carried into each
+  view; the first 100 steps use the 4 x 4 grid masks. DetCon-S: add
+  ``--config.method=detcon_s --config.masks.learned.network=ema`` (no target network: a
+  separate EMA of the online network discovers the masks).
 
 Changes from the official ImageNet recipe, all for size: ResNet-18 at half width (basic
 blocks, 32-64-128-256 channels), 128 px crops (a 4 x 4 feature grid), MLPs 512 -> 128,
@@ -27,7 +33,7 @@ Run:
 
     python -m detcon_jax.train --config=experiments/detcon_b_camvid.py:gt \
         --config.data.path=/data/camvid/train --workdir=/tmp/detcon_camvid_gt
-    # likewise :fh and :grid
+    # likewise :fh, :grid and :learned
 """
 
 from ml_collections import config_dict
@@ -36,8 +42,10 @@ from detcon_jax import configs
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-    """DetCon-B / CamVid config; ``arg`` is the mask source: gt (default), fh or grid."""
-    args = configs.parse_arg(arg, masks=configs.Choice("gt", "fh", "grid", name="mask source"))
+    """DetCon-B / CamVid config; ``arg`` is the mask source: gt (default), fh, grid or
+    learned."""
+    args = configs.parse_arg(
+        arg, masks=configs.Choice("gt", "fh", "grid", "learned", name="mask source"))
     config = configs.get_config()
     config.model.depth = 18
     config.model.mlp_hidden_size = 512
@@ -46,6 +54,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.model.blocks_per_group = (2, 2, 2, 2)
     config.model.channels_per_group = (32, 64, 128, 256)
     config.masks.source = args.masks
+    learned = config.masks.learned
+    # An 8 x 8 grid over the covering window at the cost of about one 128 px view's forward
+    # (the last block group's 4 x 4 grid would leave 2 cells per cluster).
+    learned.image_size = 128
+    learned.layer = 3
+    learned.num_clusters = 8
+    learned.bootstrap_source = "grid"
+    learned.bootstrap_steps = 100
     config.optim.base_ema = 0.99
     config.data.source = "folder"
     config.data.image_size = 128

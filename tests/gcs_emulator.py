@@ -31,12 +31,14 @@ run as a script, starts the emulator with its download handler completed that wa
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from cli_helpers import free_port
@@ -116,6 +118,14 @@ class EmulatorServer:
             if err.code == 404:
                 return False
             raise
+
+    def object_names(self, prefix: str) -> list[str]:
+        """Names of the objects of ``bucket`` under ``prefix`` (asked over HTTP, uncached)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        query = urllib.parse.urlencode({"prefix": prefix})
+        with opener.open(f"{self.url}/storage/v1/b/{self.bucket}/o?{query}",
+                         timeout=10) as response:
+            return [item["name"] for item in json.load(response).get("items", [])]
 
     def stop(self) -> None:
         """Stops the server (its in-memory buckets are gone)."""

@@ -135,3 +135,15 @@ def test_synthetic_batch_layout():
     assert 0.0 <= batch["view1"].min() and batch["view1"].max() <= 1.0
     # Several segments per 32 px feature cell: mask sampling sees non-trivial masks.
     assert len(set(batch["mask1"][0, :32, :32, 0].ravel().tolist())) > 1
+
+
+def test_learned_masks_step_config_and_batch():
+    config = bench.step_config(model="tiny", image_size=32, masks="learned")
+    assert config.masks.source == "learned" and config.masks.learned.bootstrap_steps == 0
+    assert config.masks.learned.image_size == 32
+    batch = bench.synthetic_batch(2, 32, num_classes=10, cover_size=32)
+    assert batch["cover"].shape == (2, 32, 32, 3)
+    assert batch["cover_box1"].shape == (2, 4) and batch["cover_flip2"].shape == (2,)
+    assert "cover" not in bench.synthetic_batch(2, 32, num_classes=10)
+    with pytest.raises(ValueError, match="--masks must be one of"):
+        bench.step_config(model="tiny", masks="gt")

@@ -123,7 +123,7 @@ def test_load_reads_a_file_with_its_argument_and_overrides(tmp_path):
     ("experiments/nope.py", {}, "--config=experiments/nope.py: config file not found"),
     ("experiments/detcon_b_camvid.py:foo", {},
      "--config=experiments/detcon_b_camvid.py:foo: config argument 'foo': mask source must be "
-     "one of ('gt', 'fh', 'grid'), got 'foo'"),
+     "one of ('gt', 'fh', 'grid', 'learned'), got 'foo'"),
     ("experiments/smoke.py", {"optim.lerning_rate": 1.0},
      "unknown config key 'optim.lerning_rate' (did you mean 'optim.base_learning_rate'?)"),
     ("experiments/smoke.py", {"batch_size": "big"}, "config key 'batch_size': "),
@@ -181,7 +181,7 @@ def _one_error_line(proc: subprocess.CompletedProcess, tmp_path: pathlib.Path) -
      "error: --config=experiments/nope.py: config file not found: experiments/nope.py"),
     (("--config=experiments/detcon_b_camvid.py:foo",),
      "error: --config=experiments/detcon_b_camvid.py:foo: config argument 'foo': mask source "
-     "must be one of ('gt', 'fh', 'grid'), got 'foo'"),
+     "must be one of ('gt', 'fh', 'grid', 'learned'), got 'foo'"),
     (("--config=experiments/smoke.py", "--config.optim.lerning_rate=1"),
      "error: unknown config key 'optim.lerning_rate' (did you mean "
      "'optim.base_learning_rate'?)"),
@@ -201,6 +201,15 @@ def test_warmup_longer_than_a_short_run_says_the_fix(tmp_path, data_dir):
     line = _one_error_line(proc, tmp_path)
     assert "45 warm-up steps >= 12 total steps" in line, line
     assert "--config.optim.warmup_epochs=0" in line, line
+
+
+def test_data_path_at_the_dataset_root_names_the_split_to_give(tmp_path, data_dir):
+    # CamVid's root holds train/ and val/, each with images/ and labels/.
+    root = data_dir / "camvid"
+    line = _one_error_line(_train(tmp_path, "--config=experiments/detcon_b_camvid.py",
+                                  f"--config.data.path={root}"), tmp_path)
+    assert line.startswith(f"error: config key 'data.path': {root} has no images/ folder"), line
+    assert f"use e.g. --config.data.path={root / 'train'}" in line, line
 
 
 # --------------------------------------------------------------------------------------------

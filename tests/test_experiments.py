@@ -33,7 +33,7 @@ REQUIRED = ("detcon_b_imagenet.py", "detcon_s_imagenet.py", "byol_imagenet.py",
 ABLATIONS = {
     "detcon_b_imagenet.py": {"fh": "fh", "grid": "grid"},
     "detcon_b_coco.py": {"fh": "fh", "fh_online": "fh", "gt": "gt", "grid": "grid"},
-    "detcon_b_camvid.py": {"gt": "gt", "fh": "fh", "grid": "grid"},
+    "detcon_b_camvid.py": {"gt": "gt", "fh": "fh", "grid": "grid", "learned": "learned"},
 }
 IMAGENET_TRAIN_IMAGES = 1281167
 RESNET50_ENCODER_PARAMS = 23_508_032  # torso of torchvision/Haiku ResNet-50 without the fc

@@ -211,6 +211,10 @@ def test_skipped_images_are_summed_over_hosts(tmp_path):
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert all(x["skipped_images"] == 3 for x in lines), lines
+    # Progress comes from process 0 only; process 1 logs its warnings (above) and nothing else.
+    assert re.search(r"step 3/3  loss ", runs[0].output()), runs[0].output()[-3000:]
+    assert not re.search(r"step \d+/\d+|Training steps", runs[1].output()), \
+        runs[1].output()[-3000:]
 
 
 def test_corrupt_images_are_counted_each_time_they_are_met_without_cache(full_run, tmp_path):
@@ -254,7 +258,7 @@ def test_sigterm_to_every_host_without_the_preemption_service(tmp_path):
     # step, so a SIGTERM to both (a little apart) still stops both after one step.
     workdir = tmp_path / "pod"
     port = free_port()
-    runs = [Training(workdir, "--distributed", "--config.num_steps=1000",
+    runs = [Training(workdir, "--distributed", "--verbosity=0", "--config.num_steps=1000",
                      "--config.checkpoint.every_steps=1000", env=subprocess_env(
                          1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                          DETCON_NUM_PROCESSES="2", DETCON_PROCESS_ID=str(i),

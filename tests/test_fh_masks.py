@@ -215,3 +215,22 @@ def test_corrupt_record_image_is_skipped_and_counted(tmp_path):
     batches = list(ds)
     assert len(batches) == 2 and all(int(b["label"][0]) == 2 for b in batches)
     assert stats.skipped == 1 and "cut.jpg" in stats.skipped_names[0]
+
+
+def test_missing_input_is_one_line_and_exit_2(tmp_path):
+    # The module's entry point, as a user runs it; TensorFlow's start-up lines stay out.
+    import subprocess
+    import sys
+
+    from cli_helpers import REPO, subprocess_env
+
+    missing = tmp_path / "nonexistent"
+    proc = subprocess.run(
+        [sys.executable, "-m", "detcon_jax.fh_masks", f"--input={missing}",
+         f"--output={tmp_path / 'out'}"],
+        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: --input={missing}: no such file or folder (give an image folder, a TFRecord "
+        "file, a folder of them or a glob)"], proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()

@@ -176,6 +176,20 @@ def test_metrics_jsonl_in_a_bucket_holds_every_step_once_across_a_resume(bucket_
     assert not epath.Path(parts).exists()
 
 
+def test_train_log_in_a_bucket_keeps_every_run(bucket_dir):
+    import logging
+
+    from detcon_jax import console
+
+    logger = logging.getLogger("detcon_jax_test_remote_log")
+    logger.setLevel(logging.INFO)
+    for text in ("first run", "resumed run"):
+        with console.run_log(bucket_dir, is_primary=True):
+            logger.info(text)
+    lines = epath.Path(bucket_dir, console.LOG_NAME).read_text().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["first run", "resumed run"]
+
+
 def test_metrics_rewrite_interrupted_before_its_parts_were_deleted(bucket_dir):
     path = f"{bucket_dir}/metrics.jsonl"
     lines = [{"step": s, "loss": float(s)} for s in range(1, 9)]
@@ -299,8 +313,9 @@ def test_fh_masks_writes_its_shards_to_a_bucket(bucket_dir, tmp_path):
     remote = fh_masks.main([*argv, f"--output={bucket_dir}/fh"])
     assert remote.written == local.written == 3
     names = ["train-00000-of-00002", "train-00001-of-00002"]
-    assert _names(f"{bucket_dir}/fh") == names
-    for name in names:  # FH is deterministic: the same bytes as the local run
+    # The shards and their record-count index (`record_index`).
+    assert _names(f"{bucket_dir}/fh") == [*names, "train.counts.json"]
+    for name in [*names, "train.counts.json"]:  # FH is deterministic: the local run's bytes
         assert epath.Path(bucket_dir, "fh", name).read_bytes() == (
             tmp_path / "local" / name).read_bytes()
     again = fh_masks.main([*argv, f"--output={bucket_dir}/fh"])

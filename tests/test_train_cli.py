@@ -3,6 +3,9 @@
 Smoke config in subprocesses, 1 CPU device; runs that train pass ``cli_helpers.RUN`` (one
 compiled program for all train tests, see ``cli_helpers``).
 
+- A re-run of a finished workdir says so and exits 0 without building the input pipeline,
+  and without the libraries' start-up noise; the finished run's ``train.log`` ends with the
+  summary and the commands to run next.
 - Bad configs and flags exit with status 2 and one line naming the key, writing nothing;
   so do a workdir holding another model's checkpoint and a mesh with an axis the step does
   not use.
@@ -14,6 +17,7 @@ compiled program for all train tests, see ``cli_helpers``).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -25,6 +29,7 @@ from cli_helpers import (
     REPO,
     RUN,
     SMOKE,
+    STEPS,
     checkpoint_steps,
     image_bytes,
     load_state,
@@ -60,6 +65,29 @@ def test_workdir_of_another_model_exits_2(full_run):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "another model" in proc.stderr and str(full_run) in proc.stderr
     assert sorted(str(p) for p in full_run.rglob("*")) == before
+
+
+# The console noise the CLI keeps out (libraries' start-up and read-only-manager lines).
+NOISE = ("Unable to initialize backend", "oneDNN", "absl::InitializeLog", "read only",
+         "read_only=True", "Metadata file does not exist")
+
+
+def test_a_finished_workdir_rerun_exits_0_at_once_without_noise(full_run, tmp_path):
+    workdir = tmp_path / "done"
+    shutil.copytree(full_run, workdir)
+    proc = run_cli(workdir, *RUN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"already finished at step {STEPS} (of {STEPS}): nothing to train" in proc.stderr
+    assert "Building the input pipeline" not in proc.stderr, proc.stderr[-3000:]
+    assert not [n for n in NOISE if n in proc.stderr], proc.stderr[-3000:]
+    assert checkpoint_steps(workdir / "checkpoints") == checkpoint_steps(
+        full_run / "checkpoints")
+    # The finished run's own log: its summary names the commands to run next.
+    train_log = (full_run / "train.log").read_text()
+    assert f"Training finished at step {STEPS}: final loss " in train_log
+    assert f"tensorboard --logdir={full_run / 'tensorboard'}" in train_log
+    assert f"detcon_jax.evaluate.linear --checkpoint={full_run} " in train_log
+    assert not [n for n in NOISE if n in train_log], train_log[-3000:]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(full_run, tmp_path):

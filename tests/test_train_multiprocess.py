@@ -23,7 +23,8 @@ from cli_helpers import (
 def _two_hosts(workdir: pathlib.Path, *flags: str) -> list[Training]:
     port = free_port()
     return [
-        Training(workdir, "--distributed", *flags, env=subprocess_env(
+        # --verbosity=0: process 1 logs its steps too (by default only process 0 does).
+        Training(workdir, "--distributed", "--verbosity=0", *flags, env=subprocess_env(
             1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", DETCON_NUM_PROCESSES="2",
             DETCON_PROCESS_ID=str(i)))
         for i in range(2)

@@ -19,7 +19,7 @@ from detcon_jax.bench.common import log
 from detcon_jax.bench.inputs import bench_fh, bench_pipeline
 from detcon_jax.bench.loss import bench_loss
 from detcon_jax.bench.resume import bench_resume
-from detcon_jax.bench.step import MODELS, bench_step
+from detcon_jax.bench.step import MASKS, MODELS, bench_step
 
 DESCRIPTION = ("Benchmarks of what users pay for: train-step throughput, loss memory, input "
                "and FH speed.")
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--batch_size", type=int, default=8)
     step.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     step.add_argument("--num_masks", type=int, default=16)
+    step.add_argument("--masks", default="fh", choices=MASKS,
+                      help="fh: the batch's masks; learned: discovered in the step (k-means "
+                           "of the target network's features of a covering window)")
     step.add_argument("--mlp_hidden_size", type=int, default=None,
                       help="default: the recipe's 4096")
     step.add_argument("--projection_size", type=int, default=None,
@@ -92,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--batch_size", type=int, default=32)
     resume.add_argument("--image_size", type=int, default=128)
     resume.add_argument("--repeats", type=int, default=3)
+    resume.add_argument("--no_index", dest="with_index", action="store_false",
+                        help="no record-count index beside the shards (counted from framing)")
 
     fh = sub.add_parser("fh", parents=[common], help="Felzenszwalb-Huttenlocher mask generation")
     fh.add_argument("--workers", type=int, default=1)
@@ -161,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             num_masks=args.num_masks, steps_per_run=args.steps_per_run,
                             repeats=args.repeats, mlp_hidden_size=args.mlp_hidden_size,
                             projection_size=args.projection_size, num_classes=args.num_classes,
-                            compile_only=args.compile_only)
+                            compile_only=args.compile_only, masks=args.masks)
     elif args.what == "loss":
         result = bench_loss(batch_per_device=args.batch_per_device, num_masks=args.num_masks,
                             dim=args.dim, repeats=args.repeats, num_chunks=args.num_chunks,
@@ -177,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.what == "resume":
                 result = bench_resume(late_epoch=args.late_epoch, num_shards=args.num_shards,
                                       per_shard=args.per_shard, batch_size=args.batch_size,
-                                      image_size=args.image_size, repeats=args.repeats)
+                                      image_size=args.image_size, repeats=args.repeats,
+                                      with_index=args.with_index)
             else:
                 result = bench_fh(workers=args.workers, repeats=args.repeats,
                                   data_dir=args.data_dir, max_images=args.max_images)

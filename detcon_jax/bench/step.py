@@ -25,12 +25,18 @@ MODELS: dict[str, tuple[int, tuple[int, ...] | None, tuple[int, ...] | None]] = 
 }
 
 
+MASKS = ("fh", "learned")
+
+
 def step_config(*, model: str = "resnet50", image_size: int = 96, batch_size: int = 8,
                 dtype: str = "float32", num_masks: int = 16,
                 mlp_hidden_size: int | None = None, projection_size: int | None = None,
-                num_classes: int | None = None) -> Any:
+                num_classes: int | None = None, masks: str = "fh") -> Any:
     """The base config (the ImageNet DetCon-B recipe) with the benchmark's model, size, batch
     and dtype, on synthetic data.
+
+    ``masks``: ``'fh'`` (the batch's masks) or ``'learned'`` (discovered in the step from a
+    covering window of the views' size, ``masks.learned`` defaults, no bootstrap steps).
 
     Everything not named here (LARS, schedules, temperature, heads, the 1000-class online
     classifier) stays as in the recipe, so the step does the official step's math.
@@ -45,6 +51,11 @@ def step_config(*, model: str = "resnet50", image_size: int = 96, batch_size: in
         "data.source": "synthetic", "data.path": "", "data.image_size": image_size,
         "batch_size": batch_size,
     }
+    if masks not in MASKS:
+        raise ValueError(f"bench step: --masks must be one of {MASKS}, got {masks!r}")
+    if masks == "learned":
+        overrides.update({"masks.source": "learned", "masks.learned.bootstrap_steps": 0,
+                          "masks.learned.image_size": image_size})
     for key, value in (("model.mlp_hidden_size", mlp_hidden_size),
                        ("model.projection_size", projection_size),
                        ("model.num_classes", num_classes)):
@@ -55,12 +66,13 @@ def step_config(*, model: str = "resnet50", image_size: int = 96, batch_size: in
     return config
 
 
-def synthetic_batch(batch_size: int, image_size: int, *, num_classes: int, seed: int = 0
-                    ) -> dict[str, np.ndarray]:
+def synthetic_batch(batch_size: int, image_size: int, *, num_classes: int, seed: int = 0,
+                    cover_size: int | None = None) -> dict[str, np.ndarray]:
     """A host batch with the pipeline's layout: random images and blocky segmentations.
 
     Segments are 16 x 16 px blocks with random uint8 ids (several per feature cell), so
-    mask sampling and pooling see realistic, non-trivial masks.
+    mask sampling and pooling see realistic, non-trivial masks. ``cover_size``: add the
+    learned masks' covering window (random pixels) and both views' boxes and flips in it.
     """
     rs = np.random.RandomState(seed)
     blocks = -(-image_size // 16)
@@ -70,20 +82,29 @@ def synthetic_batch(batch_size: int, image_size: int, *, num_classes: int, seed:
         seg = np.repeat(np.repeat(ids, 16, axis=1), 16, axis=2)[:, :image_size, :image_size]
         return seg[..., None]
 
-    return {
+    batch = {
         "view1": rs.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
         "view2": rs.uniform(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
         "mask1": segmentation(),
         "mask2": segmentation(),
         "label": rs.randint(0, max(num_classes, 1), size=(batch_size,)).astype(np.int32),
     }
+    if cover_size is not None:
+        batch["cover"] = rs.uniform(size=(batch_size, cover_size, cover_size, 3)).astype(
+            np.float32)
+        for v in (1, 2):
+            top_left = rs.uniform(0, 0.4, size=(batch_size, 2))
+            batch[f"cover_box{v}"] = np.concatenate(
+                [top_left, np.full_like(top_left, 0.6)], -1).astype(np.float32)
+            batch[f"cover_flip{v}"] = rs.randint(0, 2, size=(batch_size,)).astype(np.int32)
+    return batch
 
 
 def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int = 8,
                dtype: str = "float32", num_masks: int = 16, steps_per_run: int = 1,
                repeats: int = 5, mlp_hidden_size: int | None = None,
                projection_size: int | None = None, num_classes: int | None = None,
-               compile_only: bool = False) -> dict[str, Any]:
+               compile_only: bool = False, masks: str = "fh") -> dict[str, Any]:
     """Images/s of the DetCon-B train step as ``train.py`` runs it, on all visible devices.
 
     Args:
@@ -96,6 +117,7 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
       repeats: timed runs; the reported rate is from their median.
       mlp_hidden_size, projection_size, num_classes: override the recipe's heads.
       compile_only: stop after compiling (memory and compile time only; no ``img_per_s``).
+      masks: ``'fh'`` or ``'learned'`` (see `step_config`).
 
     Returns:
       ``img_per_s``, ``step_s``, ``cpu_s_per_step`` (process CPU time), ``compile_s``
@@ -110,7 +132,8 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
 
     config = step_config(model=model, image_size=image_size, batch_size=batch_size,
                          dtype=dtype, num_masks=num_masks, mlp_hidden_size=mlp_hidden_size,
-                         projection_size=projection_size, num_classes=num_classes)
+                         projection_size=projection_size, num_classes=num_classes,
+                         masks=masks)
     if batch_size % jax.device_count():
         raise ValueError(f"bench step: --batch_size={batch_size} is not divisible by the "
                          f"{jax.device_count()} devices")
@@ -126,7 +149,8 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
         lambda: step_lib.create_train_state(config, jax.random.PRNGKey(0), optimizer=optimizer),
         mesh)
     batch = sharding.global_batch(
-        synthetic_batch(batch_size, image_size, num_classes=config.model.num_classes), mesh)
+        synthetic_batch(batch_size, image_size, num_classes=config.model.num_classes,
+                        cover_size=image_size if masks == "learned" else None), mesh)
     train_step = sharding.jit_train_step(
         step_lib.make_train_step(config, schedules, optimizer, num_devices=mesh.shape["data"]),
         mesh)
@@ -138,7 +162,7 @@ def bench_step(*, model: str = "resnet50", image_size: int = 96, batch_size: int
     memory = compiled.memory_analysis()
     result = {
         "name": "train_step", "method": "detcon_b", "model": model, "image_size": image_size,
-        "batch_size": batch_size, "dtype": dtype, "num_masks": num_masks,
+        "batch_size": batch_size, "dtype": dtype, "num_masks": num_masks, "masks": masks,
         "compile_s": compile_s,
         # XLA's buffer assignment for the whole step, per device.
         "temp_bytes": int(memory.temp_size_in_bytes),

@@ -24,7 +24,15 @@ Keys:
   ``blocks_per_group``, ``channels_per_group`` (optional 4-tuples overriding the preset of
   ``depth``, e.g. the official TinyResNet ``(1, 1, 1, 1)``, ``(8, 8, 8, 8)``).
 - ``masks``: ``source`` (``'fh' | 'gt' | 'grid' | 'none'``), ``num_samples`` (mask ids per
-  view), ``max_mask_id`` (<= 256: ids are uint8), ``grid_size``, ``fh_index``.
+  view), ``max_mask_id`` (<= 256: ids are uint8), ``grid_size``, ``fh_index``;
+  ``source='learned'`` (docs/learned_masks.md) reads ``learned``: ``num_clusters`` (K of
+  the per-image k-means, <= ``max_mask_id``), ``iterations``, ``distance`` (``'cosine' |
+  'euclidean'``), ``image_size`` (side of the covering window the discovery network sees, a
+  multiple of 32), ``layer`` (the encoder's block group whose output is clustered, 1-4; 4 =
+  the last), ``network`` (``'target'``: the target network, DetCon-B only; ``'ema'``: a
+  separate EMA of the online network with rate ``ema_rate``, part of the TrainState;
+  ``'online'``: the online network itself), ``bootstrap_steps`` (the first steps use
+  ``bootstrap_source`` instead: ``'fh' | 'grid'``).
 - ``loss``: ``temperature``; the paper's ablations (docs/experiments.md, "Loss
   ablations"): ``negatives`` (``'global'``: every image of the global batch, the official
   default; ``'group'``: only the images of the query's block of ``negatives_group_size``
@@ -51,7 +59,10 @@ Keys:
   ``checkpoint`` (``every_steps``, ``keep``), ``tensorboard_dir`` (optional; default
   ``WORKDIR/tensorboard``), ``log_every_steps``, ``image_every_steps`` (TensorBoard
   pictures of what the loss sees: both augmented views, their masks, the feature-grid masks
-  and the sampled ids; 0 = none).
+  and the sampled ids; 0 = none), ``compilation_cache_dir`` (optional; JAX's
+  persistent compilation cache: default ``$JAX_COMPILATION_CACHE_DIR`` when set, else
+  ``~/.cache/detcon_jax/jax``; ``''`` turns it off), ``init_checkpoint`` (optional: the
+  encoder to start from, see ``detcon_jax.trainer``).
 """
 
 from __future__ import annotations
@@ -93,6 +104,19 @@ def get_config() -> config_dict.ConfigDict:
         # 4 x 4 cells: the paper's spatial-heuristic masks.
         grid_size=4,
         fh_index=0,
+        # masks.source='learned' (docs/learned_masks.md): k-means on a discovery network's
+        # features of the window covering both views.
+        learned=config_dict.ConfigDict(dict(
+            num_clusters=8,
+            iterations=10,
+            distance="cosine",
+            image_size=224,
+            layer=4,
+            network="target",
+            ema_rate=0.99,
+            bootstrap_steps=1000,
+            bootstrap_source="fh",
+        )),
     ))
     config.loss = config_dict.ConfigDict(dict(
         temperature=0.1,
@@ -146,5 +170,11 @@ def get_config() -> config_dict.ConfigDict:
     # A picture of the step's views and masks (trainer._ImageSummaries): one small jitted
     # function every so many steps, negligible next to the steps in between.
     config.image_every_steps = 1000
+    # JAX's persistent compilation cache (a resume loads the compiled step): None = the
+    # environment's JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/detcon_jax/jax; '' = off.
+    config.compilation_cache_dir = config_dict.placeholder(str)
+    # Start from an imported encoder (online and target): a `convert haiku-to-orbax` output,
+    # a training workdir or a released Haiku .npy; None = a fresh initialisation.
+    config.init_checkpoint = config_dict.placeholder(str)
     config.lock()
     return config

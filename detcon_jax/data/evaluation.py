@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from detcon_jax.data import framing, geometry, sources
+from detcon_jax.data import decode, dense, framing, geometry, segmentation_sets, sources
 from detcon_jax.data.options import dataset_options
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -115,7 +115,7 @@ def make_eval_dataset(
 
 
 def make_segmentation_dataset(
-    data_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None,
     *,
     batch_size: int,
     stats: framing.PipelineStats,
@@ -125,51 +125,89 @@ def make_segmentation_dataset(
     crop: str = "resize",
     ignore_label: int = 255,
     void_ids: Sequence[int] = (),
+    layout: str = "folder",
+    tfds_name: str | None = None,
+    label_map: Sequence[int] | None = None,
+    scale_range: Sequence[float] = (0.5, 2.0),
+    eval_frame: Sequence[int] | None = None,
     process_index: int = 0,
     process_count: int = 1,
     shuffle_buffer: int = 1000,
     seed: int | None = None,
     deterministic: bool = True,
 ) -> tf.data.Dataset:
-    """Images with dense labels from ``data_dir/split/{images,labels}`` (CamVid layout).
+    """Images with dense labels, in one of the `segmentation_sets.LAYOUTS` or from TFDS.
 
-    Images are resized bicubic and labels nearest, both with the same geometry: ``train`` uses
-    the pre-training random crop + flip; evaluation uses ``crop='resize'`` (whole image
-    squashed to S x S, default; nothing is cut away) or ``'center'`` (official centre crop).
-    Label values listed in ``void_ids`` (e.g. CamVid's 11 'Unlabelled') become
-    ``ignore_label``. Other arguments as in `make_eval_dataset`.
+    Labels are decoded by `decode.decode_label_png` (palette indices or grayscale values);
+    raw values listed in ``void_ids`` (e.g. CamVid's 11 'Unlabelled') become
+    ``ignore_label``, then ``label_map`` (256 entries, raw value -> class id, e.g.
+    Cityscapes' labelIds -> train ids) is applied.
+
+    Geometry (``crop``): ``train`` uses the pre-training random crop + flip at S x S, or with
+    ``crop='jitter'`` the DeepLab-style random scale in ``scale_range``, S x S crop and flip
+    (`dense.scale_jitter_crop`). Evaluation uses ``'resize'`` (whole image squashed to
+    S x S, default), ``'center'`` (official centre crop), ``'pad'``: image and label at
+    their own resolution, padded to ``eval_frame`` = (H, W) (labels with ``ignore_label``),
+    or ``'frame'``: as ``'pad'``, then the image (only) resized to S x S
+    (`dense.frame_view`); with ``'pad'`` and ``'frame'`` the metric counts every label pixel
+    at native resolution.
+
+    Args:
+      data_dir: the layout's root (a local path or a URI); for ``layout='tfds'`` the TFDS
+        data dir (None: TFDS's default).
+      layout: ``folder`` (``data_dir/split/{images,labels}``, CamVid), ``voc``,
+        ``cityscapes`` or ``tfds`` (``tfds_name``, e.g. ``cityscapes/semantic_segmentation``).
+      Other arguments as in `make_eval_dataset`.
 
     Returns:
-      Dicts of ``image`` float32 ``[b, S, S, 3]``, ``label`` int32 ``[b, S, S]`` and, in eval
-      mode, ``valid`` bool ``[b]``.
+      Dicts of ``image`` float32 ``[b, S, S, 3]`` (``[b, H, W, 3]`` with ``'pad'``),
+      ``label`` int32 ``[b, S, S]`` (``[b, H, W]`` with ``'pad'`` and ``'frame'``) and, in
+      eval mode, ``valid`` bool ``[b]``.
     """
     shard = sources.Shard(process_index, process_count)
-    root = pathlib.Path(data_dir) / split
-    images = sources.list_images(root / "images") if (root / "images").is_dir() else []
-    if not images:
-        raise FileNotFoundError(f"segmentation dataset: no images in {root / 'images'}")
-    labels = [root / "labels" / (p.stem + ".png") for p in images]
-    for label in labels:
-        if not label.is_file():
-            raise FileNotFoundError(f"segmentation dataset: label {label} is missing")
-    pairs = shard.select(list(zip(map(str, images), map(str, labels), strict=True)),
-                         f"segmentation {root}")
-    paths, label_paths = zip(*pairs, strict=True)
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths)))
-    ds = ds.map(lambda p, q: sources.example(
-        tf.io.read_file(p), tf.io.decode_png(tf.io.read_file(q), channels=1), -1, p))
+    if layout == "tfds":
+        items, load = sources.TfdsSource(tfds_name, data_dir=data_dir, split=split,
+                                         gt_masks=True).listing(shard, shuffle_files=train,
+                                                                seed=seed or 0)
+        ds = items.map(load)
+    else:
+        images, labels = segmentation_sets.segmentation_files(layout, data_dir, split)
+        pairs = shard.select(list(zip(images, labels, strict=True)),
+                             f"segmentation {layout} {data_dir} {split}")
+        paths, label_paths = zip(*pairs, strict=True)
+        ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths)))
+        ds = ds.map(lambda p, q: sources.example(
+            tf.io.read_file(p), decode.decode_label_png(tf.io.read_file(q), q), -1, p))
     ds = framing.filter_valid(ds, stats)
     ds = _finish_eval(ds, train, shuffle_buffer, seed)
-    void = tf.constant(list(void_ids) or [-1], tf.int32)
+    table = segmentation_sets.label_lookup(label_map)
+    table = np.arange(256, dtype=np.uint8) if table is None else table.copy()
+    table[[v for v in void_ids if 0 <= v < 256]] = ignore_label
+    lookup = tf.constant(table.astype(np.int32))
+    view_crop = ("jitter" if crop == "jitter" else "random") if train else crop
+    if view_crop in ("pad", "frame") and eval_frame is None:
+        raise ValueError(f"segmentation dataset: crop={view_crop!r} needs eval_frame=(H, W)")
 
     def preprocess(ex, element_seed):
-        # Labels ride through as the uint8 mask of one_view (ids < 256).
-        image, label = geometry.one_view(ex["image"], ex["mask"], image_size=image_size,
-                                         crop="random" if train else crop, crop_padding=32,
-                                         seed=element_seed, name=ex["name"])
-        label = tf.cast(label[..., 0], tf.int32)
-        is_void = tf.reduce_any(tf.equal(label[..., None], void), axis=-1)
-        label = tf.where(is_void, ignore_label, label)
+        label = tf.gather(lookup, tf.cast(ex["mask"][..., 0], tf.int32))
+        if view_crop == "jitter":
+            image, label = dense.scale_jitter_crop(
+                ex["image"], label, crop_size=image_size, scale_range=scale_range,
+                seed=element_seed, ignore_label=ignore_label)
+        elif view_crop == "pad":
+            image, label = dense.pad_to_frame(ex["image"], label, eval_frame,
+                                              ignore_label=ignore_label, name=ex["name"])
+        elif view_crop == "frame":
+            image, label = dense.frame_view(ex["image"], label, eval_frame,
+                                            image_size=image_size, ignore_label=ignore_label,
+                                            name=ex["name"])
+        else:
+            # Labels ride through as the uint8 mask of one_view (class ids < 256).
+            image, label = geometry.one_view(ex["image"], tf.cast(label, tf.uint8)[..., None],
+                                             image_size=image_size, crop=view_crop,
+                                             crop_padding=32, seed=element_seed,
+                                             name=ex["name"])
+            label = tf.cast(label[..., 0], tf.int32)
         return {"image": image, "label": label}
 
     ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)

@@ -161,7 +161,11 @@ def _resize_image(pixels: tf.Tensor, window: tf.Tensor, flip: tf.Tensor, size: i
 
 def _views(source: _CropDecoder, mask: tf.Tensor, windows: tf.Tensor, flips: tf.Tensor,
            image_size: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
-    pixels, origin = source.region(windows)
+    return _render_views(*source.region(windows), mask, windows, flips, image_size)
+
+
+def _render_views(pixels: tf.Tensor, origin: tf.Tensor, mask: tf.Tensor, windows: tf.Tensor,
+                  flips: tf.Tensor, image_size: int) -> list[tuple[tf.Tensor, tf.Tensor]]:
     origin = tf.concat([origin, [0, 0]], 0)
     out = []
     for i in range(windows.shape[0]):
@@ -196,6 +200,7 @@ def two_views(
     seed: tf.Tensor | None = None,
     random_flip: bool = True,
     name: tf.Tensor | str = "<unnamed>",
+    cover_size: int | None = None,
 ) -> dict[str, tf.Tensor]:
     """Two independently cropped and flipped views of one image with their masks.
 
@@ -209,17 +214,41 @@ def two_views(
       seed: optional ``[2]`` int seed for stateless (reproducible) sampling; stateful when None.
       random_flip: left-right flip each view with probability 1/2.
       name: record name used in error messages.
+      cover_size: also emit the window covering both views (the learned masks' discovery
+        input, ``masks.source='learned'``), resized to this side; None: not emitted.
 
     Returns:
       ``view1``, ``view2`` float32 ``[S, S, 3]`` in [0, 1]; ``mask1``, ``mask2`` uint8
-      ``[S, S, 1]``.
+      ``[S, S, 1]``. With ``cover_size``: ``cover`` float32 ``[C, C, 3]`` in [0, 1] (the
+      bounding box of both windows, squashed to a square, never flipped); ``cover_box1``,
+      ``cover_box2`` float32 ``[4]``: each view's window ``(top, left, height, width)`` as
+      fractions of the covering window's height and width; ``cover_flip1``, ``cover_flip2``
+      int32 (1: the view is flipped left-right).
     """
     source = _CropDecoder(image_bytes)
     mask = _prepare_mask(mask, source.shape, name)
     windows, flips = _two_windows(source.shape, seed, random_flip)
-    views = _views(source, mask, windows, flips, image_size)
-    return {"view1": views[0][0], "mask1": views[0][1],
-            "view2": views[1][0], "mask2": views[1][1]}
+    pixels, origin = source.region(windows)
+    views = _render_views(pixels, origin, mask, windows, flips, image_size)
+    out = {"view1": views[0][0], "mask1": views[0][1],
+           "view2": views[1][0], "mask2": views[1][1]}
+    if cover_size is not None:
+        out.update(_cover(pixels, origin, windows, flips, cover_size))
+    return out
+
+
+def _cover(pixels: tf.Tensor, origin: tf.Tensor, windows: tf.Tensor, flips: tf.Tensor,
+           size: int) -> dict[str, tf.Tensor]:
+    """The window covering both views (their exact bounding box), resized to ``size`` x
+    ``size`` (bicubic, not flipped), and each view's box and flip relative to it."""
+    top = tf.reduce_min(windows[:, :2], axis=0)
+    extent = tf.reduce_max(windows[:, :2] + windows[:, 2:], axis=0) - top
+    box = tf.concat([top, extent], 0)
+    image = _resize_image(pixels, box - tf.concat([origin, [0, 0]], 0), tf.constant(False), size)
+    scale = tf.cast(tf.tile(extent, [2]), tf.float32)
+    rel = tf.cast(windows - tf.concat([top, [0, 0]], 0)[None], tf.float32) / scale[None]
+    return {"cover": image, "cover_box1": rel[0], "cover_box2": rel[1],
+            "cover_flip1": tf.cast(flips[0], tf.int32), "cover_flip2": tf.cast(flips[1], tf.int32)}
 
 
 def one_view(

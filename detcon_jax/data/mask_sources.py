@@ -10,6 +10,9 @@
   correspond across views.
 * ``none``: all-zero masks, for BYOL/SimCLR (the batch structure stays the same).
 
+``config.masks.source='learned'`` is made on device (``detcon_jax.learned_masks``); its
+batches carry the masks of ``masks.learned.bootstrap_source`` (``fh`` or ``grid``) from here.
+
 A new mask source is one more branch of `make_mask_fn` (and its name in `MASK_SOURCES` and in
 ``config.MASK_SOURCES``).
 """

@@ -23,11 +23,13 @@ AUTOTUNE = tf.data.AUTOTUNE
 def _source_and_mask_fn(data: Any, masks: Any) -> tuple[type, Any]:
     """The configured source's class and mask function; a bad combination is a ValueError."""
     source_class = sources.source_class(data.source)
-    mask_sources.check_mask_source(masks.source)
-    if masks.source == "gt" and not source_class.has_gt_masks:
+    # Learned masks are made on device; the batches carry the bootstrap source's masks.
+    source = masks.learned.bootstrap_source if masks.source == "learned" else masks.source
+    mask_sources.check_mask_source(source)
+    if source == "gt" and not source_class.has_gt_masks:
         raise ValueError(f"mask_source='gt': source {data.source!r} has no ground-truth masks")
     mask_fn = mask_sources.make_mask_fn(
-        masks.source, stored_fh=source_class.stored_fh, grid_size=masks.grid_size,
+        source, stored_fh=source_class.stored_fh, grid_size=masks.grid_size,
         fh_scale=data.fh_scale, fh_min_size=data.fh_min_size)
     return source_class, mask_fn
 
@@ -77,6 +79,12 @@ def make_reader(data: Any, masks: Any, *, seed: int, stats: PipelineStats,
         stats=stats, mask_fn=mask_fn)
 
 
+def check_source(data: Any, masks: Any = None) -> None:
+    """Raises `FileNotFoundError` naming the path and the fix when ``config.data``'s files are
+    not laid out as its source expects (e.g. a data-set root instead of its ``train/``)."""
+    sources.from_config(data, masks).check()
+
+
 def num_examples(data: Any) -> int:
     """Examples in the split ``config.data`` describes (all hosts together), for deriving steps.
 
@@ -99,14 +107,50 @@ def _element_seed(epoch_seed: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([2], seed=key, minval=None, maxval=None, dtype=tf.int64)
 
 
+def _shuffled(ds: tf.data.Dataset, *, shuffle: bool, shuffle_buffer: int,
+              epoch_seed: tf.Tensor) -> tf.data.Dataset:
+    return ds.shuffle(shuffle_buffer, seed=epoch_seed) if shuffle else ds
+
+
+def _files_done_before(reader: sources.base.Reader, epoch: tf.Tensor, *, resumed_epoch: int,
+                       offset: int, shuffle: bool, shuffle_buffer: int,
+                       epoch_seed: tf.Tensor) -> tf.Tensor:
+    """Which files of epoch ``epoch`` a resume at position ``offset`` of ``resumed_epoch``
+    needs no record of (bool per file; none in the other epochs): those whose records the
+    shuffle has all emitted before the position.
+
+    The shuffle's choices depend on nothing but its seed and the number of elements, so
+    shuffling the epoch's layout (the file number of each position, known without opening a
+    file) the way the pipeline shuffles the records tells which positions it emits first.
+    Done inside the pipeline, when the resumed epoch starts.
+    """
+    counts = tf.constant(reader.file_counts(), tf.int64)
+    n = len(reader.file_counts())
+
+    def emitted():
+        positions = _shuffled(reader.layout(epoch), shuffle=shuffle,
+                              shuffle_buffer=shuffle_buffer, epoch_seed=epoch_seed)
+        return positions.take(offset).batch(1 << 16).reduce(
+            tf.zeros([n], tf.int64), lambda total, files: total + tf.math.bincount(
+                tf.cast(files, tf.int32), minlength=n, maxlength=n, dtype=tf.int64))
+
+    per_file = tf.cond(tf.equal(epoch, resumed_epoch), emitted,
+                       lambda: tf.zeros([n], tf.int64))
+    return tf.equal(per_file, counts)
+
+
 def _element_order(reader: sources.base.Reader, *, cache: bool, repeat: bool, shuffle: bool,
-                   shuffle_buffer: int, seed: int, skip: int) -> tf.data.Dataset:
+                   shuffle_buffer: int, seed: int, skip: int,
+                   deterministic: bool = True) -> tf.data.Dataset:
     """(example, crop seed) pairs: each epoch shuffled on its own, then the epochs in turn.
 
     Epoch ``e`` shuffles its records with a seed of (``seed``, ``e``) (files in an order of
     the same seed), so a resume after ``skip`` elements rebuilds the epoch it falls in and
-    drops the records before it there, before they are decoded. Cached examples are decoded
-    once, on the first pass (a resume decodes that pass again to fill the cache).
+    drops the records before it there, before they are decoded. In that epoch, files whose
+    records all come before the resume position are not opened (with a ``deterministic``
+    order, for sources that know their files' record counts: `_files_done_before`). Cached
+    examples are decoded once, on the first pass (a resume decodes that pass again to fill
+    the cache).
     """
     if not repeat:
         first_epoch, offset, epochs = 0, skip, 1
@@ -119,12 +163,23 @@ def _element_order(reader: sources.base.Reader, *, cache: bool, repeat: bool, sh
     cached = None
     if cache:
         cached = reader.examples(reader.records(tf.constant(0, tf.int64))).cache()
+    # Files are skipped unopened only where the order is fixed: otherwise the interleave may
+    # hand a placeholder to a position after the resume.
+    skip_files = (cached is None and deterministic and offset > 0
+                  and reader.layout is not None)
 
     def epoch_elements(epoch):
         epoch_seed = _epoch_seed(seed, epoch)
-        ds = cached if cached is not None else reader.records(epoch)
-        if shuffle:
-            ds = ds.shuffle(shuffle_buffer, seed=epoch_seed)
+        if cached is not None:
+            ds = cached
+        elif skip_files:
+            ds = reader.records(epoch, _files_done_before(
+                reader, epoch, resumed_epoch=first_epoch, offset=offset, shuffle=shuffle,
+                shuffle_buffer=shuffle_buffer, epoch_seed=epoch_seed))
+        else:
+            ds = reader.records(epoch)
+        ds = _shuffled(ds, shuffle=shuffle, shuffle_buffer=shuffle_buffer,
+                       epoch_seed=epoch_seed)
         start = tf.where(epoch == first_epoch, tf.constant(offset, tf.int64), 0)
         ds = ds.skip(start)
         if cached is None:
@@ -168,7 +223,8 @@ def make_pretrain_dataset(
       skip_batches: batches to fast-forward past (resuming a run): the first batch is the one
         an uninterrupted pipeline yields after ``skip_batches`` batches. The resume rebuilds
         the epoch that position falls in and drops records there before decoding them, so it
-        costs at most one epoch of reading (plus counting one epoch's records); it is exact
+        costs at most one epoch of reading (records per file from the source's counts,
+        see `record_index`; files finished before the position are not opened); it is exact
         whenever the element order is (``deterministic``) and no record was dropped as
         corrupt (positions count records).
       shuffle: shuffle files and examples.
@@ -178,7 +234,10 @@ def make_pretrain_dataset(
 
     Returns:
       A dataset of dicts: ``view1``, ``view2`` float32 ``[b, S, S, 3]``; ``mask1``, ``mask2``
-      uint8 ``[b, S, S, 1]``; ``label`` int32 ``[b]`` (-1 when unknown).
+      uint8 ``[b, S, S, 1]``; ``label`` int32 ``[b]`` (-1 when unknown). For
+      ``masks.source='learned'`` the masks are those of ``masks.learned.bootstrap_source``,
+      and the covering window of both views comes too (``cover``, ``cover_box1/2``,
+      ``cover_flip1/2``; see ``geometry.two_views``).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -191,11 +250,13 @@ def make_pretrain_dataset(
                          process_count=process_count, shuffle_files=shuffle)
     ds = _element_order(reader, cache=data.cache, repeat=repeat, shuffle=shuffle,
                         shuffle_buffer=data.shuffle_buffer or 10 * batch_size, seed=seed,
-                        skip=skip_batches * batch_size)
+                        skip=skip_batches * batch_size, deterministic=deterministic)
+
+    cover_size = masks.learned.image_size if masks.source == "learned" else None
 
     def preprocess(ex, element_seed):
         views = geometry.two_views(ex["image"], ex["mask"], image_size=image_size,
-                                   seed=element_seed, name=ex["name"])
+                                   seed=element_seed, name=ex["name"], cover_size=cover_size)
         views["label"] = ex["label"]
         return views
 

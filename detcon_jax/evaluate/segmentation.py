@@ -9,12 +9,18 @@
   ``--augment_passes=A``, on A further passes of random-crop + flip views of image and label.
 * ``finetune``: an FCN head (two 3x3 conv + BatchNorm + ReLU, then a 1x1 conv to the classes)
   on the encoder, upsampled bilinearly; encoder and head are trained together (BatchNorm in
-  training mode with batch statistics) on random-crop + flip views.
+  training mode with batch statistics) on random-crop + flip views. ``--protocol=voc|
+  cityscapes`` sets the paper's dense-transfer protocol (`protocols`: VOC 2012 train_aug ->
+  val, Cityscapes train -> val; scale-jitter crops, step schedule, dilated head, evaluation
+  of whole images at the labels' native resolution).
 
 Both report the mean intersection-over-union and per-class IoU from a confusion matrix
-accumulated over the evaluation split at the label resolution the pipeline produces
-(S x S): ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``. Pixels with the ignore label are excluded
-from every count. A class that appears neither in the ground truth nor in the predictions
+accumulated over the evaluation split at the labels' native resolution: the logits are
+upsampled to the label frame (default ``--eval_crop=frame``: images padded to the largest
+label of the split and resized to S x S; the protocols' ``pad``: images unscaled);
+``--eval_crop=resize|center`` scores S x S labels resized with the image instead:
+``IoU_c = TP_c / (TP_c + FP_c + FN_c)``. Pixels with the ignore label are excluded from every
+count. A class that appears neither in the ground truth nor in the predictions
 of the whole split (``TP + FP + FN = 0``) has an undefined IoU (reported as ``None``) and
 is left out of the mean, rather than counted as 0 or 1.
 
@@ -23,6 +29,8 @@ CLI::
     python -m detcon_jax.evaluate.segmentation --mode=probe|finetune \
         --checkpoint=WORKDIR|FILE.npy|random:50 --data=CAMVID_DIR \
         [--num_classes=11 --void_ids=11 --image_size=224 --output=r.json]
+    python -m detcon_jax.evaluate.segmentation --protocol=voc --checkpoint=... \
+        --data=/data/VOCdevkit [--learning_rate=... --seed=...]
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from detcon_jax.evaluate import common
+from detcon_jax.evaluate import common, protocols
 from detcon_jax.evaluate.features import Backbone, extract, progress
 
 __all__ = [
@@ -149,8 +157,14 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, *,
 
 
 def _sgd(learning_rate: jax.Array | float, total_steps: int, momentum: float,
-         weight_decay: float) -> optax.GradientTransformation:
-    schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+         weight_decay: float, schedule: str = "cosine") -> optax.GradientTransformation:
+    if schedule == "step":  # x0.1 at 70 % and 90 % of training (BYOL appendix D.4)
+        schedule = optax.piecewise_constant_schedule(
+            learning_rate, {int(0.7 * total_steps): 0.1, int(0.9 * total_steps): 0.1})
+    elif schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+    else:
+        raise ValueError(f"schedule must be cosine or step, got {schedule!r}")
     return optax.chain(optax.add_decayed_weights(weight_decay),
                        optax.sgd(schedule, momentum=momentum, nesterov=True))
 
@@ -266,17 +280,19 @@ def predict_probe(params: Mapping[str, Any], maps: Any, label_size: Sequence[int
 
 
 class FCNHead(nn.Module):
-    """Two 3x3 conv + BatchNorm + ReLU layers, then a 1x1 conv to ``num_classes`` logits."""
+    """Two 3x3 conv + BatchNorm + ReLU layers (``dilation``: their atrous rate, 6 in the
+    BYOL/MoCo protocol), then a 1x1 conv to ``num_classes`` logits."""
 
     num_classes: int
     channels: int = 256
     num_convs: int = 2
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         for i in range(self.num_convs):
             x = nn.Conv(self.channels, (3, 3), padding="SAME", use_bias=False,
-                        name=f"conv_{i}")(x)
+                        kernel_dilation=self.dilation, name=f"conv_{i}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              name=f"batchnorm_{i}")(x)
             x = nn.relu(x)
@@ -287,7 +303,8 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
              eval_batches_fn: Any, *, num_classes: int, num_steps: int,
              ignore_label: int = IGNORE_LABEL, learning_rate: float = 0.01,
              momentum: float = 0.9, weight_decay: float = 1e-4, head_channels: int = 256,
-             seed: int = 0, log_every_s: float = 10.0) -> np.ndarray:
+             seed: int = 0, log_every_s: float = 10.0, schedule: str = "cosine",
+             head_dilation: int = 1) -> np.ndarray:
     """Fine-tunes encoder + FCN head; returns the evaluation confusion matrix ``[K, K]``.
 
     Args:
@@ -295,11 +312,11 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
       train_batches: endless iterable of ``{'image' [B, S, S, 3], 'label' [B, S, S]}``.
       eval_batches_fn: callable returning one pass of evaluation batches (with ``valid``).
       num_classes: number of real classes; ``ignore_label`` pixels are skipped.
-      num_steps: training steps; SGD + Nesterov momentum with a cosine schedule, decoupled
-        L2 weight decay on every parameter.
-      head_channels: width of the head's 3x3 convolutions.
+      num_steps: training steps; SGD + Nesterov momentum with a ``schedule`` (``cosine``, or
+        ``step``: x0.1 at 70 % and 90 %), decoupled L2 weight decay on every parameter.
+      head_channels, head_dilation: width and atrous rate of the head's 3x3 convolutions.
     """
-    head = FCNHead(num_classes=num_classes, channels=head_channels)
+    head = FCNHead(num_classes=num_classes, channels=head_channels, dilation=head_dilation)
     iterator = iter(train_batches)
     first = next(iterator)
     images = jnp.asarray(first["image"])
@@ -307,7 +324,7 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
     head_vars = head.init(jax.random.key(seed), features, train=False)
     params = {"backbone": backbone.variables["params"], "head": head_vars["params"]}
     stats = {"backbone": backbone.variables["batch_stats"], "head": head_vars["batch_stats"]}
-    optimizer = _sgd(learning_rate, num_steps, momentum, weight_decay)
+    optimizer = _sgd(learning_rate, num_steps, momentum, weight_decay, schedule)
     opt_state = optimizer.init(params)
 
     def loss_fn(p, s, image, label):
@@ -325,12 +342,12 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
         updates, o = optimizer.update(grads, o, p)
         return optax.apply_updates(p, updates), s, o, loss
 
-    @jax.jit
-    def predict(p, s, image):
+    @functools.partial(jax.jit, static_argnames="label_size")
+    def predict(p, s, image, label_size):
         feats, _ = backbone.apply({"params": p["backbone"], "batch_stats": s["backbone"]},
                                   image, train=False)
         logits = head.apply({"params": p["head"], "batch_stats": s["head"]}, feats, train=False)
-        return jnp.argmax(upsample_logits(logits, image.shape[1:3]), axis=-1)
+        return jnp.argmax(upsample_logits(logits, label_size), axis=-1)
 
     batch = first
     start = last_log = time.perf_counter()
@@ -346,8 +363,10 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
             batch = next(iterator)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for batch in _numpy(eval_batches_fn()):
-        pred = np.asarray(predict(params, stats, jnp.asarray(batch["image"])))
         label = np.asarray(batch["label"])
+        # Logits upsampled to the labels' own size (native with --eval_crop=frame|pad).
+        pred = np.asarray(predict(params, stats, jnp.asarray(batch["image"]),
+                                  tuple(label.shape[1:3])))
         if "valid" in batch:
             keep = np.asarray(batch["valid"], bool)
             pred, label = pred[keep], label[keep]
@@ -371,14 +390,32 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from err
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}"
+                                         ) from err
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m detcon_jax.evaluate.segmentation",
         description="Semantic segmentation mIoU of a backbone: linear probe or fine-tuning.")
     common.add_backbone_args(parser)
     parser.add_argument("--mode", choices=("probe", "finetune"), default="probe")
+    parser.add_argument("--protocol", choices=sorted(protocols.PROTOCOLS), default=None,
+                        help="a dense-transfer protocol of the paper: sets the defaults of "
+                             "the flags below (explicit flags win); see evaluate/protocols.py")
     parser.add_argument("--data", required=True,
-                        help="folder with SPLIT/images/*.jpg and SPLIT/labels/*.png")
+                        help="data root (local or a URI) in --layout, or the TFDS data dir "
+                             "with --layout=tfds")
+    parser.add_argument("--layout", choices=("folder", "voc", "cityscapes", "tfds"),
+                        default="folder",
+                        help="folder: SPLIT/{images,labels} (CamVid); voc: VOCdevkit; "
+                             "cityscapes: leftImg8bit + gtFine; tfds: --tfds_name")
+    parser.add_argument("--tfds_name", default=None,
+                        help="with --layout=tfds, e.g. cityscapes/semantic_segmentation")
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--test_split", default=None,
                         help="default: 'test' when the folder has one, else 'val'")
@@ -397,11 +434,31 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--augment_passes", type=int, default=0,
                         help="probe: extra random-crop+flip feature passes over train")
     parser.add_argument("--head_channels", type=int, default=256, help="finetune head width")
+    parser.add_argument("--head_dilation", type=int, default=1,
+                        help="atrous rate of the head's 3x3 convs (protocols: 6)")
+    parser.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
+                        help="finetune learning-rate schedule (step: x0.1 at 70%% and 90%%)")
+    parser.add_argument("--train_crop", choices=("random", "jitter"), default="random",
+                        help="finetune views: pre-training random crop, or random scale in "
+                             "--scale_range + S x S crop (jitter)")
+    parser.add_argument("--scale_range", type=_floats, default=(0.5, 2.0))
+    parser.add_argument("--eval_crop", choices=("frame", "resize", "center", "pad"),
+                        default="frame",
+                        help="frame: images padded to --eval_frame and resized to S x S, "
+                             "labels at native resolution (default); pad: images unscaled; "
+                             "resize / center: labels resized with the image (S x S)")
+    parser.add_argument("--eval_frame", type=_ints, default=None,
+                        help="H,W for --eval_crop=frame|pad (default: the largest label of "
+                             "the test split; required with --layout=tfds)")
     parser.add_argument("--no_standardize", action="store_true")
     return parser
 
 
 def _resolve_splits(args: argparse.Namespace) -> str:
+    if args.layout != "folder":
+        if args.test_split is None:
+            raise common.UsageError(f"--layout={args.layout} needs --test_split")
+        return args.test_split
     if not os.path.isdir(args.data):
         raise common.UsageError(f"--data={args.data}: directory does not exist")
     test = args.test_split
@@ -420,29 +477,58 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test_split = _resolve_splits(args)
     if args.num_classes < 1 or args.epochs < 1 or args.augment_passes < 0:
         raise common.UsageError("--num_classes and --epochs must be >= 1, --augment_passes >= 0")
+    if args.protocol and args.mode != "finetune":
+        raise common.UsageError(f"--protocol={args.protocol} is a --mode=finetune protocol")
+    native = args.eval_crop in ("frame", "pad")
+    if native and args.eval_frame is None and args.layout == "tfds":
+        raise common.UsageError(f"--eval_crop={args.eval_crop} with --layout=tfds needs "
+                                "--eval_frame=H,W")
+    if args.eval_frame is not None and (len(args.eval_frame) != 2 or min(args.eval_frame) < 1):
+        raise common.UsageError(f"--eval_frame must be H,W, got {args.eval_frame}")
+    if len(args.scale_range) != 2 or not 0 < args.scale_range[0] <= args.scale_range[1]:
+        raise common.UsageError(f"--scale_range must be LOW,HIGH with 0 < LOW <= HIGH, got "
+                                f"{args.scale_range}")
+    dataset_info = _dataset_info(args)
+    num_train = _num_train(args)
+    if native and args.eval_frame is None:
+        from detcon_jax.data import segmentation_sets
+
+        _, test_labels = segmentation_sets.segmentation_files(args.layout, args.data,
+                                                              test_split)
+        args.eval_frame = segmentation_sets.label_frame(test_labels)
     backbone, info = common.backbone_from_args(args)
 
-    def dataset(split: str, train: bool, crop: str = "resize", seed: int | None = None):
+    def dataset(split: str, train: bool, crop: str | None = None, seed: int | None = None):
+        if crop is None:
+            crop = args.train_crop if train else args.eval_crop
         return data.make_segmentation_dataset(
             args.data, batch_size=args.batch_size, stats=data.PipelineStats(),
-            image_size=args.image_size, split=split,
+            image_size=args.image_size, split=_tfds_split(args, dataset_info, split),
+            layout=args.layout,
+            tfds_name=args.tfds_name,
+            label_map=dataset_info.label_map if dataset_info else None,
+            scale_range=args.scale_range, eval_frame=args.eval_frame,
             train=train, crop=crop, ignore_label=IGNORE_LABEL, void_ids=args.void_ids,
             # The training stream repeats before it shuffles: a buffer larger than the split
             # would only decode the same images again before the first batch.
             shuffle_buffer=max(1, min(1000, num_train)),
             seed=args.seed if seed is None else seed)
 
-    num_train = data.sources.FolderSource(
-        os.path.join(args.data, args.train_split)).num_examples()
-    names = CAMVID_CLASSES if args.num_classes == len(CAMVID_CLASSES) else None
+    names = (dataset_info.class_names if dataset_info else
+             CAMVID_CLASSES if args.num_classes == len(CAMVID_CLASSES) else None)
+    if names is not None and len(names) != args.num_classes:
+        names = None
     results: dict[str, Any] = {"task": f"segmentation_{args.mode}", "mode": args.mode,
                                 "data": args.data, "train_split": args.train_split,
                                 "test_split": test_split, "image_size": args.image_size,
                                 "num_classes": args.num_classes, "void_ids": list(args.void_ids),
-                                "num_train": num_train}
+                                "num_train": num_train, "layout": args.layout,
+                                "protocol": args.protocol, "eval_crop": args.eval_crop,
+                                "eval_frame": list(args.eval_frame) if native else None}
     if args.mode == "probe":
         lr = 0.1 if args.learning_rate is None else args.learning_rate
-        maps, labels = extract(backbone, dataset(args.train_split, False), pool=False,
+        # Trained on S x S labels (the probe upsamples to them); scored at --eval_crop.
+        maps, labels = extract(backbone, dataset(args.train_split, False, "resize"), pool=False,
                                description=f"{args.train_split} feature maps")
         if args.augment_passes:
             # Ordered random-crop + flip passes (image and label cropped together), each
@@ -474,18 +560,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             backbone, dataset(args.train_split, True).as_numpy_iterator(),
             lambda: dataset(test_split, False), num_classes=args.num_classes,
             num_steps=steps, learning_rate=lr, weight_decay=wd,
-            head_channels=args.head_channels, seed=args.seed)
+            head_channels=args.head_channels, seed=args.seed, schedule=args.schedule,
+            head_dilation=args.head_dilation)
         results.update(learning_rate=lr, steps=steps, weight_decay=wd,
-                       head_channels=args.head_channels)
+                       head_channels=args.head_channels, head_dilation=args.head_dilation,
+                       schedule=args.schedule, train_crop=args.train_crop,
+                       scale_range=list(args.scale_range), batch_size=args.batch_size)
     results.update(segmentation_metrics(confusion, names))
     results["confusion_matrix"] = confusion.tolist()
     results["backbone"] = common.describe(info)
     return results
 
 
+def _dataset_info(args: argparse.Namespace) -> Any:
+    """The known `SegmentationSet` behind ``--layout`` / ``--tfds_name`` (None: a folder)."""
+    from detcon_jax.data import segmentation_sets
+
+    if args.layout == "tfds":
+        known = [d for d in (segmentation_sets.CITYSCAPES, segmentation_sets.VOC)
+                 if d.tfds_name and d.tfds_name == args.tfds_name]
+        return known[0] if known else None
+    return {"voc": segmentation_sets.VOC,
+            "cityscapes": segmentation_sets.CITYSCAPES}.get(args.layout)
+
+
+def _tfds_split(args: argparse.Namespace, dataset_info: Any, split: str) -> str:
+    """TFDS's name of ``split`` (Cityscapes' ``val`` is ``validation`` there)."""
+    if args.layout != "tfds" or dataset_info is None:
+        return split
+    return dataset_info.tfds_split(split)
+
+
+def _num_train(args: argparse.Namespace) -> int:
+    from detcon_jax import data
+    from detcon_jax.data import segmentation_sets
+
+    if args.layout == "tfds":
+        split = _tfds_split(args, _dataset_info(args), args.train_split)
+        return data.sources.TfdsSource(args.tfds_name, data_dir=args.data,
+                                       split=split).num_examples()
+    return len(segmentation_sets.segmentation_files(args.layout, args.data,
+                                                    args.train_split)[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad arguments or paths)."""
-    return common.run_cli(_parser(), run, argv,
+    parser = _parser()
+    # A protocol sets defaults, so that the flags given explicitly still win.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--protocol", choices=sorted(protocols.PROTOCOLS), default=None)
+    chosen, _ = pre.parse_known_args(argv)
+    if chosen.protocol:
+        parser.set_defaults(protocol=chosen.protocol,
+                            **protocols.protocol_defaults(chosen.protocol))
+    return common.run_cli(parser, run, argv,
                           lambda r: f'segmentation {r["mode"]} mIoU: {r["miou"]:.2f}% '
                                     f'(pixel acc {r["pixel_accuracy"]:.2f}%, split '
                                     f'{r["test_split"]})')

@@ -41,6 +41,10 @@ Resuming: a run that is interrupted can be started again with the same arguments
 whose workdir holds the final checkpoint are not trained again (an unfinished one resumes
 from its newest checkpoint), and probe results cached in ``OUT/NAME/eval.json`` are reused.
 
+``--table=ablation`` runs instead DetCon-B's negatives / two-views ablation (three loss
+settings x FH / GT masks x ``--seeds``, CamVid probe only; ``reproduce/ablation.py``) and
+writes ``OUT/ablation.json`` and ``OUT/ablation.md``: the review's table with ours beside it.
+
 Budgets (``--budget=NAME``; ``--budget=NAME,FIELD=VALUE,...`` changes any scalar field of
 `Budget`, e.g. ``small,image_size=128,num_steps=600``):
 
@@ -68,13 +72,21 @@ of ImageNet/COCO, a few hundred steps instead of hundreds of thousands, and line
 instead of fine-tuned Mask R-CNN / FCN transfer. The numbers are ours; the paper's claims are
 quoted beside them only qualitatively.
 
+Verdicts carry their noise (``claims``): a difference within two combined standard errors is a
+tie; the error bars come from the pretraining seeds when ``--seed_runs`` names finished runs
+of the same budget with other ``--pretrain_seed`` values, else from the probes' test-set
+sampling noise (top-1 accuracies only). The ``tiny`` budget's verdicts are marked as a smoke
+test.
+
 Modules (imports run one way, ``cli`` down to ``common``): ``budgets`` (methods, budgets and
 their pretraining configs), ``pretrain_config`` (the config file of the train subprocesses),
 ``training`` (pretraining subprocesses, the random-init checkpoint), ``data`` (the CamVid
 check, the CIFAR-10 subset), ``evaluation`` (the probes), ``claims`` (the paper's claims on
-our numbers), ``report`` (``results.md`` and plots), ``cli``.
+our numbers), ``report`` (``results.md`` and plots), ``ablation`` (``--table=ablation``),
+``cli``.
 """
 
+from detcon_jax.reproduce.ablation import cell_method, render_ablation
 from detcon_jax.reproduce.budgets import (
     BUDGETS,
     METHODS,
@@ -106,12 +118,14 @@ __all__ = [
     "Method",
     "ReproduceError",
     "budget_spec",
+    "cell_method",
     "check_claims",
     "final_checkpoint",
     "load_config",
     "main",
     "parse_budget",
     "pretrain_config",
+    "render_ablation",
     "render_markdown",
     "run",
     "train_command",

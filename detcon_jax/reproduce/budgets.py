@@ -30,6 +30,8 @@ class Method:
     method: str | None  # None: the random-initialisation baseline (no training)
     masks: str
     paper: str  # the paper's corresponding claim (qualitative)
+    # Further ``config key -> value`` overrides of this row (the loss ablation's switches).
+    overrides: tuple[tuple[str, Any], ...] = ()
 
 
 METHODS: tuple[Method, ...] = (

@@ -16,12 +16,13 @@ from typing import Any
 
 from detcon_jax import paths
 from detcon_jax.configs import ConfigArgError
-from detcon_jax.reproduce.budgets import BUDGETS, METHODS, parse_budget
+from detcon_jax.reproduce.ablation import run_ablation
+from detcon_jax.reproduce.budgets import BUDGETS, METHODS, Budget, parse_budget
 from detcon_jax.reproduce.claims import check_claims
 from detcon_jax.reproduce.common import ReproduceError, duration, log, read_json, write_json
 from detcon_jax.reproduce.data import check_camvid, cifar_subset
 from detcon_jax.reproduce.evaluation import evaluate
-from detcon_jax.reproduce.report import final_loss, machine, plot, render_markdown
+from detcon_jax.reproduce.report import final_loss, machine, plot, render_markdown, seed_runs
 from detcon_jax.reproduce.training import run_training, save_initial_state
 
 
@@ -32,8 +33,17 @@ def _parser() -> argparse.ArgumentParser:
                     "CamVid and probe them and a random init on CIFAR-10 and CamVid.")
     parser.add_argument("--camvid", required=True,
                         help="CamVid folder with train/{images,labels} and val/ or test/")
-    parser.add_argument("--cifar10", required=True,
-                        help="CIFAR-10 folder with train/CLASS/*.jpg and test/CLASS/*.jpg")
+    parser.add_argument("--cifar10", default=None,
+                        help="CIFAR-10 folder with train/CLASS/*.jpg and test/CLASS/*.jpg "
+                             "(needed by --table=methods)")
+    parser.add_argument("--table", choices=("methods", "ablation"), default="methods",
+                        help="methods: the six methods and random init, three probes; "
+                             "ablation: DetCon-B's negatives / two-views ablation with FH "
+                             "and GT masks (CamVid probe; reproduce/ablation.py)")
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="--table=ablation: comma-separated pretraining seeds")
+    parser.add_argument("--ablation_masks", default="fh,gt",
+                        help="--table=ablation: the mask columns to run (fh, gt or both)")
     parser.add_argument("--out", required=True, help="output folder (re-run to resume)")
     parser.add_argument("--budget", default="small",
                         help=f"one of {', '.join(sorted(BUDGETS))}, optionally with changed "
@@ -47,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="seed of every pretraining (initialisation, augmentation, mask "
                              "sampling) and of the random-init baseline; repeat a run with "
                              "other values to see the pretraining-seed noise")
+    parser.add_argument("--seed_runs", default="",
+                        help="comma-separated --out folders of finished runs of the same "
+                             "budget with other --pretrain_seed values: the report's error "
+                             "bars and verdicts then come from the spread over the seeds")
     parser.add_argument("--num_steps", type=int, default=None,
                         help="pretraining steps of every method (default: the budget's)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -56,13 +70,70 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _other_seeds(spec: str, budget: Any) -> list[dict[str, Any]]:
+    """The probe values of the ``--seed_runs`` folders: finished runs of ``budget``'s
+    settings with other pretraining seeds (each checked)."""
+    others: list[dict[str, Any]] = []
+    seeds = {budget.pretrain_seed}
+    for out in [p.strip() for p in spec.split(",") if p.strip()]:
+        results = read_json(os.path.join(out, "results.json"))
+        if not results:
+            raise ReproduceError(f"--seed_runs: {out} holds no results.json (a finished run)")
+        settings = dict(results.get("budget_settings", {}))
+        seed = settings.pop("pretrain_seed", 0)
+        mine = json.loads(json.dumps(dataclasses.asdict(budget)))
+        mine.pop("pretrain_seed")
+        if settings != mine:
+            raise ReproduceError(f"--seed_runs: {out} is a run of other budget settings")
+        if seed in seeds:
+            raise ReproduceError(f"--seed_runs: {out} repeats pretraining seed {seed}")
+        seeds.add(seed)
+        others.append({"out": out, "pretrain_seed": seed, "methods": {
+            name: {key: row.get(key) for key in ("linear", "knn", "segmentation")}
+            for name, row in results["methods"].items()}})
+    return others
+
+
+def _budget(args: argparse.Namespace) -> Budget:
+    try:
+        return parse_budget(args.budget)
+    except ConfigArgError as e:
+        raise ReproduceError(f"--budget={args.budget}: {e}") from None
+
+
+def run_ablation_table(args: argparse.Namespace) -> dict[str, Any]:
+    """``--table=ablation`` for parsed ``args``; returns what ``OUT/ablation.json`` holds."""
+    budget = _budget(args)
+    if args.num_steps is not None:
+        if args.num_steps < 1:
+            raise ReproduceError(f"--num_steps must be >= 1, got {args.num_steps}")
+        budget = dataclasses.replace(budget, num_steps=args.num_steps)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ReproduceError(f"--seeds must be comma-separated ints, got {args.seeds!r}"
+                             ) from None
+    camvid = os.path.abspath(args.camvid)
+    camvid_train = check_camvid(camvid)
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    seg_split = "test" if os.path.isdir(os.path.join(camvid, "test", "images")) else "val"
+    command = ["-m", "detcon_jax.reproduce", "--table=ablation", f"--camvid={args.camvid}",
+               f"--out={args.out}", f"--budget={args.budget}", f"--seeds={args.seeds}",
+               f"--ablation_masks={args.ablation_masks}"] + (
+        [f"--num_steps={args.num_steps}"] if args.num_steps else [])
+    return run_ablation(budget, camvid=camvid, camvid_train=camvid_train, out=out,
+                        seeds=seeds, probe_seed=args.seed, segmentation_split=seg_split,
+                        command=command, masks_sources=[
+                            m.strip() for m in args.ablation_masks.split(",") if m.strip()])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Runs every stage for parsed ``args``; returns the results written to results.json."""
     wall_start = time.perf_counter()
-    try:
-        budget = parse_budget(args.budget)
-    except ConfigArgError as e:
-        raise ReproduceError(f"--budget={args.budget}: {e}") from None
+    budget = _budget(args)
+    if not args.cifar10:
+        raise ReproduceError("--cifar10 is required for --table=methods")
     if args.jobs < 1:
         raise ReproduceError(f"--jobs must be >= 1, got {args.jobs}")
     if args.num_steps is not None:
@@ -70,6 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ReproduceError(f"--num_steps must be >= 1, got {args.num_steps}")
         budget = dataclasses.replace(budget, num_steps=args.num_steps)
     budget = dataclasses.replace(budget, pretrain_seed=args.pretrain_seed)
+    other_seeds = _other_seeds(args.seed_runs, budget)  # checked before any stage runs
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     unknown = sorted(set(names) - {m.name for m in METHODS})
     if unknown:
@@ -170,8 +242,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "segmentation_split": seg_split,
         "methods": rows,
     }
+    results["other_seeds"] = other_seeds
     if len(chosen) == len(METHODS):
-        results["claims"] = check_claims(rows)
+        results["claims"] = check_claims(seed_runs(results), budget=budget.name)
     results["wall_time_s"] = time.perf_counter() - wall_start
     # A resumed run's wall time covers only its own part; this sums every stage's time.
     results["stage_time_s"] = sum(
@@ -196,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths.check_reachable(args.out, what="--out", writable=True)
             raise ReproduceError(f"--out={args.out}: reproduce writes its report to a local "
                                  "folder; give a local --out (the workdirs are small)")
-        run(args)
+        run_ablation_table(args) if args.table == "ablation" else run(args)
     except (ReproduceError, FileNotFoundError, paths.UnreachablePathError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         return 2

@@ -6,22 +6,24 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from detcon_jax.reproduce.budgets import PROBES, Budget, Method
 from detcon_jax.reproduce.common import ReproduceError, duration, log, read_json, write_json
 
 
-def evaluate(budget: Budget, method: Method, workdir: str, step: int, cifar_dir: str,
-              camvid: str, seed: int) -> dict[str, Any]:
-    """The three probes of one encoder, each cached in ``WORKDIR/eval.json``."""
+def evaluate(budget: Budget, method: Method, workdir: str, step: int, cifar_dir: str | None,
+             camvid: str, seed: int, probes: Sequence[str] = PROBES) -> dict[str, Any]:
+    """The ``probes`` of one encoder (default: all three), each cached in
+    ``WORKDIR/eval.json``; ``cifar_dir`` may be None without the CIFAR-10 probes."""
     from detcon_jax.evaluate import common, features, knn, linear, segmentation
 
     cache_path = os.path.join(workdir, "eval.json")
     cache = read_json(cache_path)
     if cache.get("checkpoint_step") != step or cache.get("budget") != budget.name:
         cache = {"checkpoint_step": step, "budget": budget.name, "timings": {}}
-    missing = [p for p in PROBES if p not in cache]
+    missing = [p for p in probes if p not in cache]
     if not missing:
         log(f"evaluate {method.name}: cached in {cache_path}; skipped")
         return cache

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from detcon_jax.reproduce.budgets import METHODS, PROBE_TITLES, PROBES
-from detcon_jax.reproduce.claims import metric
+from detcon_jax.reproduce.claims import SMOKE_BUDGETS, estimate, metric
 from detcon_jax.reproduce.common import duration
 
 
@@ -19,13 +19,17 @@ def _fmt(value: Any) -> str:
     return f"{value:.2f}"
 
 
+def heading(title: str, results: Mapping[str, Any]) -> list[str]:
+    """The first lines of a report: ``title`` at the run's budget, and its command."""
+    return [f"# {title} at the `{results['budget']}` budget (our numbers)", "",
+            f"- Command: `{results['command']}`"]
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     """``results.md``: the setting, one table of every number and the claims checked."""
     splits = results["splits"]
     lines = [
-        f"# DetCon reproduction at the `{results['budget']}` budget (our numbers)",
-        "",
-        f"- Command: `{results['command']}`",
+        *heading("DetCon reproduction", results),
         f"- Date: {results['date']}; machine: {results['machine']}; wall time: "
         f"{duration(results['wall_time_s'])} (this invocation; pretraining + probes of all "
         f"stages, summed over resumed invocations: {duration(results['stage_time_s'])})",
@@ -37,24 +41,59 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         + " | final pretraining loss | pretraining time | paper's corresponding claim |",
         "|---|" + "---|" * (len(PROBES) + 3),
     ]
+    runs = seed_runs(results)
     for method in METHODS:
         row = results["methods"][method.name]
         loss = row.get("final_loss")
         time_s = row.get("train_time_s")
         lines.append(
-            f"| {method.label} | " + " | ".join(_fmt(row.get(p)) for p in PROBES)
+            f"| {method.label} | " + " | ".join(_with_error(runs, method.name, p)
+                                                for p in PROBES)
             + f" | {_fmt(loss)} | {'—' if not time_s else duration(time_s)} | "
             f"{method.paper} |")
     lines += ["", "Losses differ between objectives (BYOL's regression loss vs the "
               "contrastive ones), so compare loss values only within one method's curve.", "",
               "## The paper's claims checked on our numbers", "",
+              _noise_note(results, len(runs)), "",
               "| claim | paper (qualitative) | ours | holds here? |", "|---|---|---|---|"]
     for claim in results["claims"]:
+        smoke = " (smoke test)" if claim.get("smoke_test") else ""
         lines.append(f"| {claim['claim']} | {claim['paper']} | {claim['ours']} | "
-                     f"{'yes' if claim['holds'] else 'no'} |")
+                     f"{claim['verdict']}{smoke} |")
     lines += ["", "Plots: `loss_curves.png` (pretraining loss per method, from each "
               "workdir's `metrics.jsonl`), `probes.png` (each probe's metric per method).", ""]
     return "\n".join(lines)
+
+
+def seed_runs(results: Mapping[str, Any]) -> list[Mapping[str, Mapping[str, Any]]]:
+    """The method rows of this run and of the other pretraining seeds' runs
+    (``--seed_runs``), one mapping per seed."""
+    return [results["methods"], *[o["methods"] for o in results.get("other_seeds", [])]]
+
+
+def _with_error(runs: list[Mapping[str, Mapping[str, Any]]], name: str, probe: str) -> str:
+    """A table cell: the value, or with several seeds their mean ± standard error."""
+    if len(runs) < 2:
+        return _fmt(runs[0][name].get(probe))
+    mean, err, _ = estimate(runs, name, probe)
+    return _fmt(mean) if err is None else f"{mean:.2f} ± {err:.2f}"
+
+
+def _noise_note(results: Mapping[str, Any], seeds: int) -> str:
+    """How the verdicts below were decided (and, for the tiny budget, that they are not)."""
+    if seeds >= 2:
+        noise = (f"Values are means over {seeds} pretraining seeds ± their standard error "
+                 "(the seeds' standard deviation / sqrt(seeds))")
+    else:
+        noise = ("One pretraining seed: the error bars are the probes' test-set sampling "
+                 "noise (binomial, for the top-1 accuracies; none for the mIoU, whose "
+                 "comparisons need `--seed_runs`)")
+    text = (f"{noise}. A difference within 2 combined standard errors is a tie, neither "
+            "yes nor no.")
+    if results["budget"] in SMOKE_BUDGETS:
+        text += (f" **The `{results['budget']}` budget is a smoke test of the pipeline** (a "
+                 "few steps on a few images): its verdicts say nothing about the paper.")
+    return text
 
 
 def plot(results: Mapping[str, Any], out: str) -> list[str]:

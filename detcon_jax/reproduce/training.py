@@ -36,6 +36,7 @@ def train_overrides(budget: Budget, method: Method, camvid_train: str) -> dict[s
         "masks.source": method.masks if method.method else "gt",
         "seed": budget.pretrain_seed,
         "data.path": camvid_train,
+        **dict(method.overrides),
     }
 
 

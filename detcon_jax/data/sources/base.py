@@ -59,13 +59,26 @@ class Reader:
     """A source split in two for resuming cheaply: ``records(epoch)`` is one epoch of this
     shard's raw records (paths, serialized records, in-memory arrays) in that epoch's file
     order, cheap to read and to skip; ``examples`` maps a dataset of records to examples
-    (decoding, validation, masks: the expensive stages)."""
+    (decoding, validation, masks: the expensive stages).
 
-    records: Callable[[tf.Tensor], tf.data.Dataset]
+    Sources of several record files also give ``file_counts`` (records per file, in this
+    shard's file numbering, found without reading the records) and ``layout(epoch)`` (the
+    file number of each record position of ``records(epoch)``, without opening a file); then
+    ``records(epoch, skipped)`` stands a placeholder in for each record of the files flagged
+    in ``skipped``, so that files a resume does not need are never opened while every
+    position keeps its record.
+    """
+
+    records: Callable[..., tf.data.Dataset]
     examples: Callable[[tf.data.Dataset], tf.data.Dataset]
+    file_counts: Callable[[], list[int]] | None = None
+    layout: Callable[[tf.Tensor], tf.data.Dataset] | None = None
 
     def epoch_size(self) -> int:
-        """Records per epoch (by reading them, without decoding, when not known statically)."""
+        """Records per epoch: from ``file_counts`` or the static cardinality where known,
+        else by reading the records (without decoding them)."""
+        if self.file_counts is not None:
+            return sum(self.file_counts())
         ds = self.records(tf.constant(0, tf.int64))
         size = int(ds.cardinality())
         if size >= 0:
@@ -111,6 +124,11 @@ class Source(abc.ABC):
     def num_examples(self) -> int:
         """Examples in the split, all hosts together."""
 
+    def check(self) -> None:
+        """Raises `FileNotFoundError` (naming the path and the fix) when the source's files are
+        not laid out as it expects; cheap (no decoding). Default: nothing to check."""
+        return None
+
     @abc.abstractmethod
     def reader(self, shard: Shard, *, shuffle_files: bool, seed: int,
                stats: framing.PipelineStats, mask_fn: MaskFn) -> Reader:
@@ -155,4 +173,4 @@ class ListedSource(Source):
 
         # The listing is in memory: every epoch lists the same items (the pipeline's seeded
         # per-epoch shuffle orders them).
-        return Reader(records=lambda epoch: items, examples=examples)
+        return Reader(records=lambda epoch, skipped=None: items, examples=examples)

@@ -32,7 +32,8 @@ def class_folder_files(root: str | os.PathLike) -> tuple[list[str], list[int], l
 
 class FolderSource(base.ListedSource):
     """``data_dir/images/*.jpg|png``; with ``gt_masks``, id maps ``data_dir/labels/NAME.png``
-    (8-bit, or 16-bit with ids < 256; see ``decode.decode_id_png``)."""
+    (grayscale 8-bit, 16-bit with ids < 256, or palette; see
+    ``decode.decode_label_png``)."""
 
     has_gt_masks = True
 
@@ -47,7 +48,25 @@ class FolderSource(base.ListedSource):
         return cls(data.path, gt_masks=masks is not None and masks.source == "gt")
 
     def num_examples(self) -> int:
+        self.check()
         return len(base.list_images(self.root / "images"))
+
+    def check(self) -> None:
+        """The ``images/`` (and, for ground-truth masks, ``labels/``) folder must exist; a
+        folder one level up (a data-set root holding ``train/``, ``val/``) says which
+        sub-folder to give instead."""
+        if not (self.root / "images").is_dir():
+            splits = sorted(p.name for p in self.root.iterdir()
+                            if (p / "images").is_dir()) if self.root.is_dir() else []
+            fix = (f"; its sub-folder(s) {', '.join(splits)} have one: use e.g. "
+                   f"--config.data.path={self.root / splits[0]}" if splits else "")
+            raise FileNotFoundError(
+                f"{self.root} has no images/ folder (the folder source reads "
+                f"DIR/images/*.jpg|png and, for masks.source='gt', DIR/labels/NAME.png){fix}")
+        if self.gt_masks and not (self.root / "labels").is_dir():
+            raise FileNotFoundError(
+                f"{self.root} has no labels/ folder, which masks.source='gt' reads "
+                "(use --config.masks.source=fh to compute masks instead)")
 
     def listing(self, shard: base.Shard, *, shuffle_files: bool,
                 seed: int) -> tuple[tf.data.Dataset, Callable[..., base.Example]]:
@@ -76,7 +95,7 @@ class FolderSource(base.ListedSource):
         def load(path, label_path):
             mask = None
             if gt_masks:
-                mask = decode.decode_id_png(tf.io.read_file(label_path), label_path)
+                mask = decode.decode_label_png(tf.io.read_file(label_path), label_path)
             return base.example(tf.io.read_file(path), mask, -1, path)
 
         return ds, load

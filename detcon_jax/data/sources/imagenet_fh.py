@@ -7,11 +7,13 @@ Each ``tf.train.Example`` holds ``image/encoded``, ``image/class/label`` (1-base
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import tensorflow as tf
 
+from detcon_jax import record_index
 from detcon_jax.data import decode, framing
 from detcon_jax.data.sources import base
 from detcon_jax.fh_masks import FH_FEATURE
@@ -84,7 +86,8 @@ class ImagenetFhSource(base.Source):
         return cls(data.path, data.split, fh_index=masks.fh_index if masks is not None else 0)
 
     def num_examples(self) -> int:
-        """Counted by reading the shards, unless their names are an official split's."""
+        """Counted from the shards' index or framing (`record_index`), unless their names are an
+        official split's."""
         files = sorted(tf.io.gfile.glob(self.pattern))
         if not files:
             raise FileNotFoundError(
@@ -92,7 +95,8 @@ class ImagenetFhSource(base.Source):
         total = int(files[0].rsplit("-of-", 1)[1])
         if len(files) == total and (self.split, total) in KNOWN_SIZES:
             return KNOWN_SIZES[(self.split, total)]
-        return int(sum(1 for f in files for _ in tf.data.TFRecordDataset(f)))
+        return sum(record_index.shard_counts(
+            files, record_index.read_index(str(self.data_dir), self.split)))
 
     def reader(self, shard: base.Shard, *, shuffle_files: bool, seed: int,
                stats: framing.PipelineStats, mask_fn: base.MaskFn) -> base.Reader:
@@ -118,18 +122,50 @@ class ImagenetFhSource(base.Source):
             return tf.cond(framing.is_valid_encoded_image(ex["image"]),
                            lambda: mask_fn(_fh_stack_to_mask(ex, fh_index)), lambda: empty)
 
-        def records(epoch):
-            order = tf.constant(files)
+        cycle = min(len(files), 16)
+        names = tf.constant(files)
+
+        def file_order(epoch):
+            order = tf.range(len(files), dtype=tf.int64)
             if shuffle_files:
                 order = tf.random.experimental.stateless_shuffle(
                     order, seed=tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)]))
-            ds = tf.data.Dataset.from_tensor_slices(order)
-            return ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                                 block_length=1, num_parallel_calls=AUTOTUNE)
+            return tf.data.Dataset.from_tensor_slices(order)
+
+        def interleave(epoch, open_file, parallel=AUTOTUNE):
+            # A parallel interleave in a fixed order yields what a sequential one does.
+            return file_order(epoch).interleave(open_file, cycle_length=cycle, block_length=1,
+                                                num_parallel_calls=parallel)
+
+        @functools.cache
+        def file_counts():
+            return record_index.shard_counts(
+                files, record_index.read_index(str(self.data_dir), self.split))
+
+        def records(epoch, skipped=None):
+            if skipped is None:
+                return interleave(epoch, lambda i: tf.data.TFRecordDataset(names[i]))
+            skip = tf.convert_to_tensor(skipped, tf.bool)
+            counts = tf.constant(file_counts(), tf.int64)
+
+            def open_unless_skipped(i):
+                # A skipped file: no file name to open, and one empty placeholder per record.
+                opened = tf.data.TFRecordDataset(tf.boolean_mask(names[i][None], ~skip[i][None]))
+                held = tf.where(skip[i], counts[i], tf.constant(0, tf.int64))
+                return opened.concatenate(tf.data.Dataset.from_tensors("").repeat(held))
+
+            return interleave(epoch, open_unless_skipped)
+
+        def layout(epoch):
+            counts = tf.constant(file_counts(), tf.int64)
+            # Sequential: the layout is read inside the pipeline, no threads needed for it.
+            return interleave(epoch, lambda i: tf.data.Dataset.from_tensors(i).repeat(counts[i]),
+                              parallel=None)
 
         def examples(ds):
             ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
             return framing.filter_valid(ds, stats, lambda ex: tf.size(ex["mask"]) > 0)
 
-        return base.Reader(records=records, examples=examples)
+        return base.Reader(records=records, examples=examples, file_counts=file_counts,
+                           layout=layout)
 

@@ -99,6 +99,8 @@ class TfdsSource(base.ListedSource):
             label = label if label.shape.rank == 0 else tf.constant(-1)
             names = [ex[k] for k in ("image/filename", "file_name", "filename") if k in ex]
             filename = tf.strings.join([name, names[0]], ":") if names else name
-            return base.example(ex["image"], mask, label, filename)
+            # Cityscapes' TFDS builder names its camera image ``image_left``.
+            image = ex["image"] if "image" in ex else ex["image_left"]
+            return base.example(image, mask, label, filename)
 
         return ds, load
