@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def knn_top1(train_x, train_y, test_x, test_y, *, k: int, temperature: float,
-             num_classes: int) -> float:
-    """Top-1 (percent) of the weighted k-NN vote on cosine similarity, in float64.
+def knn_predictions(train_x, train_y, test_x, *, k: int, temperature: float,
+                    num_classes: int) -> np.ndarray:
+    """Labels of the weighted k-NN vote on cosine similarity, in float64.
 
     Each test row takes its ``k`` most similar training rows; each votes for its label with
     ``exp(similarity / temperature)``; the largest total wins (ties: the lowest class).
@@ -27,7 +27,15 @@ def knn_top1(train_x, train_y, test_x, test_y, *, k: int, temperature: float,
     for row, (idx, sims) in enumerate(zip(neighbours, np.take_along_axis(sim, neighbours, 1),
                                           strict=True)):
         np.add.at(scores[row], np.asarray(train_y)[idx], np.exp(sims / temperature))
-    return float(100.0 * np.mean(scores.argmax(axis=1) == np.asarray(test_y)))
+    return scores.argmax(axis=1)
+
+
+def knn_top1(train_x, train_y, test_x, test_y, *, k: int, temperature: float,
+             num_classes: int) -> float:
+    """Top-1 (percent) of `knn_predictions` on ``(test_x, test_y)``."""
+    predictions = knn_predictions(train_x, train_y, test_x, k=k, temperature=temperature,
+                                  num_classes=num_classes)
+    return float(100.0 * np.mean(predictions == np.asarray(test_y)))
 
 
 def iou_percent(confusion) -> tuple[list[float | None], float, float]:

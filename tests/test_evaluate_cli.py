@@ -172,6 +172,12 @@ def test_knn_cli_end_to_end(cifar_subset, tmp_path, capsys):
     test_x, test_y = data.features(backbone, split="test")
     assert result["top1"] == pytest.approx(eval_helpers.knn_top1(
         train_x, train_y, test_x, test_y, k=20, temperature=0.07, num_classes=10), abs=1e-9)
+    # Top-1 of 30 images can coincide under a wrong vote (e.g. unweighted): the label of
+    # every test image is the float64 vote's too.
+    np.testing.assert_array_equal(
+        knn.knn_predict(train_x, train_y, test_x, k=20, temperature=0.07, num_classes=10),
+        eval_helpers.knn_predictions(train_x, train_y, test_x, k=20, temperature=0.07,
+                                     num_classes=10))
 
 
 @pytest.mark.parametrize("mode", ["probe", "finetune"])
