@@ -38,6 +38,7 @@ def _assert_positive(result, *keys):
             key, value)
 
 
+@pytest.mark.slow  # a bench subprocess: kept out of the fast loop
 def test_step_smoke_on_two_devices(repo_root):
     # Two fake devices: the batch is sharded and BatchNorm/negatives span both, as in train.py.
     result = _run(repo_root, "step", "--devices=2", "--model=tiny", "--image_size=32",
@@ -52,6 +53,7 @@ def test_step_smoke_on_two_devices(repo_root):
     assert "load_avg_1m" in result
 
 
+@pytest.mark.slow  # a bench subprocess: kept out of the fast loop
 def test_loss_smoke_on_two_devices(repo_root):
     # --devices=2 re-executes with two fake CPU devices; --compare_direct also runs the
     # direct port, whose value and gradients the lean loss must match.
@@ -70,6 +72,7 @@ def test_loss_smoke_on_two_devices(repo_root):
     assert result["grad_max_abs_diff"] <= f32_tolerance(32 * 16, depth=3, magnitude=10 / 32)
 
 
+@pytest.mark.slow  # a bench subprocess: kept out of the fast loop
 @pytest.mark.parametrize("cache", [False, True])
 def test_pipeline_smoke(repo_root, cache):
     result = _run(repo_root, "pipeline", "--image_size=32", "--batch_size=4",
@@ -79,6 +82,7 @@ def test_pipeline_smoke(repo_root, cache):
     assert result["cache"] is cache
 
 
+@pytest.mark.slow  # a bench subprocess: kept out of the fast loop
 def test_resume_smoke(repo_root):
     result = _run(repo_root, "resume", "--late_epoch=3", "--num_shards=2", "--per_shard=4",
                   "--batch_size=2", "--image_size=32", "--repeats=1")
@@ -88,6 +92,7 @@ def test_resume_smoke(repo_root):
                                                    rel=1e-2)
 
 
+@pytest.mark.slow  # a bench subprocess: kept out of the fast loop
 def test_pipeline_and_fh_on_the_users_data(repo_root, data_dir, tmp_path):
     # --data_dir: the user's own image folder (fh) and FH shards written from it (pipeline).
     images = tmp_path / "images"
@@ -105,6 +110,7 @@ def test_pipeline_and_fh_on_the_users_data(repo_root, data_dir, tmp_path):
     assert result["data_dir"] == str(tmp_path / "shards") and result["split"] == "validation"
 
 
+@pytest.mark.slow  # a bench subprocess: kept out of the fast loop
 @pytest.mark.parametrize("what", ["pipeline", "fh"])
 def test_missing_data_dir_is_one_line_error(repo_root, tmp_path, what):
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
@@ -117,6 +123,7 @@ def test_missing_data_dir_is_one_line_error(repo_root, tmp_path, what):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a bench subprocess: kept out of the fast loop
 def test_fh_smoke(repo_root):
     result = _run(repo_root, "fh", "--repeats=1")
     _assert_positive(result, "img_per_s", "peak_rss_mb")

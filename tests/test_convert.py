@@ -182,6 +182,7 @@ def get_config():
 """
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_official_state_to_orbax_resumes_in_train(golden_dir, tmp_path, capsys):
     """init.npz (official names) -> workdir; train.py resumes from it and trains a step."""
     from cli_helpers import REPO, checkpoint_steps, load_state, subprocess_env

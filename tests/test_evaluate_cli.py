@@ -180,6 +180,7 @@ def test_knn_cli_end_to_end(cifar_subset, tmp_path, capsys):
                                      num_classes=10))
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 @pytest.mark.parametrize("mode", ["probe", "finetune"])
 def test_segmentation_cli_end_to_end(camvid_subset, tmp_path, mode):
     out = tmp_path / f"{mode}.json"

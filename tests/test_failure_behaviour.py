@@ -68,6 +68,7 @@ def _data_error(proc: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 @pytest.mark.parametrize("damage", ["truncated", "bad checksum"])
 def test_tfrecord_shard_with_broken_framing_exits_3(tmp_path, damage):
     data = tmp_path / "records"
@@ -92,6 +93,7 @@ def test_tfrecord_shard_with_broken_framing_exits_3(tmp_path, damage):
     (1, 1, "no Felzenszwalb setting 1 (masks.fh_index) in record"),
     (0, 0, "Record has no image/felzenszwalb_segmentations"),
 ])
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_record_without_the_requested_fh_setting_exits_3(tmp_path, settings, fh_index,
                                                          message):
     data = tmp_path / "records"
@@ -107,6 +109,7 @@ def test_record_without_the_requested_fh_setting_exits_3(tmp_path, settings, fh_
 BAD = EVERY + 2  # the first step with an infinite gradient norm, after a checkpoint
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_non_finite_gradient_norm_stops_naming_the_step(full_run, tmp_path):
     workdir = resume_workdir(full_run, tmp_path, EVERY)
     argv = ["detcon_jax.train", *train_command(workdir, *RUN)[3:]]
@@ -217,6 +220,7 @@ def test_skipped_images_are_summed_over_hosts(tmp_path):
         runs[1].output()[-3000:]
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_corrupt_images_are_counted_each_time_they_are_met_without_cache(full_run, tmp_path):
     # Without data.cache every epoch reads the files again, so the two bad files count again
     # in each epoch trained (4 steps of 8 images over 6 good ones per epoch). The resume to

@@ -257,6 +257,7 @@ def _assert_trees_equal(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_convert_and_an_evaluator_read_and_write_a_bucket(bucket_dir, haiku_npy, cifar_subset,
                                                           capsys):
     local_npy, reference = haiku_npy
@@ -362,6 +363,7 @@ def test_a_missing_bucket_is_one_line_and_exit_2(gcs, tmp_path, data_dir, cifar_
     assert not gcs.bucket_exists("no-such-bucket")  # not created by a makedirs either
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_an_unreachable_endpoint_is_one_line_and_exit_2(gcs, tmp_path):
     # Nothing listens on CLOSED; gcsfs retries (about half a minute) before giving up.
     run = _cli("detcon_jax.convert", "haiku-to-orbax", "--input=x.npy",

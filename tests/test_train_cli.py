@@ -59,6 +59,7 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path, flags, devices, key):
     assert not workdir.exists()
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_workdir_of_another_model_exits_2(full_run):
     before = sorted(str(p) for p in full_run.rglob("*"))
     proc = run_cli(full_run, "--config.model.projection_size=16")
@@ -72,6 +73,7 @@ NOISE = ("Unable to initialize backend", "oneDNN", "absl::InitializeLog", "read 
          "read_only=True", "Metadata file does not exist")
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_a_finished_workdir_rerun_exits_0_at_once_without_noise(full_run, tmp_path):
     workdir = tmp_path / "done"
     shutil.copytree(full_run, workdir)
@@ -90,6 +92,7 @@ def test_a_finished_workdir_rerun_exits_0_at_once_without_noise(full_run, tmp_pa
     assert not [n for n in NOISE if n in train_log], train_log[-3000:]
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(full_run, tmp_path):
     workdir = resume_workdir(full_run, tmp_path, EVERY)
     data = tmp_path / "records"
@@ -108,6 +111,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(full_ru
         np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_refused_record_stops_with_status_3_naming_it(tmp_path):
     # A ground-truth mask whose size differs from its image: not skipped, reported.
     root = tmp_path / "folder"

@@ -28,6 +28,7 @@ from cli_helpers import (
 from tolerances import EPS32
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_cli_writes_checkpoints_tensorboard_and_metrics(full_run):
     assert checkpoint_steps(full_run / "checkpoints") == list(range(EVERY, STEPS + 1, EVERY))
     lines = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
@@ -48,6 +49,7 @@ def test_cli_writes_checkpoints_tensorboard_and_metrics(full_run):
     assert meta["signature"]["method"] == "detcon_b"
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_corrupt_images_are_skipped_logged_once_and_counted(full_run, tmp_path):
     start = STEPS - EVERY
     workdir = resume_workdir(full_run, tmp_path, start)

@@ -94,6 +94,7 @@ def test_sigkill_five_times_then_resume_equals_uninterrupted(full_run, tmp_path)
     assert metrics_steps(workdir) == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_sigterm_checkpoints_current_step_and_exits_0(tmp_path):
     workdir = tmp_path / "preempted"
     # Checkpoints only at the very end: the one written is the preemption checkpoint.

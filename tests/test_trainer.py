@@ -15,11 +15,13 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from cli_helpers import EVERY, SMOKE, STEPS, checkpoint_steps, metrics_steps, subprocess_env
 
 STOP = 6  # between two cadence checkpoints
 
 
+@pytest.mark.slow  # a training run or CLI subprocess: kept out of the fast loop
 def test_train_from_a_plain_python_session_stops_and_resumes(tmp_path):
     workdir = tmp_path / "notebook"
     code = textwrap.dedent(f"""
