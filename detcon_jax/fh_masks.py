@@ -408,7 +408,8 @@ def report(summary: Summary) -> str:
 
 def main(argv: Sequence[str] | None = None) -> Summary:
     parser = argparse.ArgumentParser(prog="python -m detcon_jax.fh_masks",
-                                     description=__doc__.split("\n")[0])
+                                     description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input", required=True, help="image folder or TFRecords")
     parser.add_argument("--output", required=True,
                         help="output folder for TFRecord shards (local or gs://...)")
