@@ -415,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> Summary:
                         help="output folder for TFRecord shards (local or gs://...)")
     parser.add_argument("--scale", default="1000", help="FH scale(s), comma separated")
     parser.add_argument("--min_size", default="1000", help="FH min segment size(s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes")
     parser.add_argument("--num_shards", type=int, default=0, help="0: ceil(images / 1024)")
     parser.add_argument("--split", default="train", help="shard name prefix")
     parser.add_argument("--no_progress", action="store_true")

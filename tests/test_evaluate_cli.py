@@ -20,27 +20,13 @@ PER_CLASS = 3
 @pytest.fixture(scope="module")
 def cifar_subset(data_dir, tmp_path_factory):
     """The first PER_CLASS images of every class of both splits, linked into a new folder."""
-    root = tmp_path_factory.mktemp("cifar10")
-    for split in ("train", "test"):
-        for class_dir in sorted((data_dir / "cifar10" / split).iterdir()):
-            target = root / split / class_dir.name
-            target.mkdir(parents=True)
-            for image in sorted(class_dir.iterdir())[:PER_CLASS]:
-                (target / image.name).symlink_to(image)
-    return root
+    return eval_helpers.link_cifar_subset(data_dir / "cifar10",
+                                          tmp_path_factory.mktemp("cifar10"), PER_CLASS)
 
 
 @pytest.fixture(scope="module")
 def camvid_subset(data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("camvid")
-    for split, count in (("train", 6), ("val", 4)):
-        for kind in ("images", "labels"):
-            (root / split / kind).mkdir(parents=True)
-        for image in sorted((data_dir / "camvid" / split / "images").iterdir())[:count]:
-            (root / split / "images" / image.name).symlink_to(image)
-            label = data_dir / "camvid" / split / "labels" / f"{image.stem}.png"
-            (root / split / "labels" / label.name).symlink_to(label)
-    return root
+    return eval_helpers.link_camvid_subset(data_dir / "camvid", tmp_path_factory.mktemp("camvid"))
 
 
 def _tiny_network():

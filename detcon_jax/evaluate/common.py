@@ -55,6 +55,13 @@ __all__ = [
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """``--help`` shows every default and keeps the description's line breaks (its cost)."""
 
+    def add_argument(self, action: argparse.Action) -> None:
+        # argparse prints a default only beside a help text: give the bare options one.
+        if action.help is None and action.option_strings and action.default not in (
+                None, False, argparse.SUPPRESS):
+            action.help = " "
+        super().add_argument(action)
+
 
 def host_share(count: int) -> int:
     """How many of ``count`` round-robin sharded items this process gets."""
@@ -69,16 +76,17 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--depth``, ``--step``, ``--seed``, ``--output`` (paths may be URIs)."""
     parser.add_argument("--checkpoint", required=True,
                         help="training workdir / orbax checkpoint dir, Haiku .npy file (local "
-                             "or gs://...), or random:DEPTH (random:DEPTHxWIDTH, random:tiny)")
+                             "or gs://...), random:DEPTH (random:DEPTHxWIDTH, random:tiny), or "
+                             "random:WORKDIR (that run's architecture at its step-0 init)")
     parser.add_argument("--depth", type=int, default=None,
-                        help="ResNet depth of a Haiku checkpoint (default: inferred)")
+                        help="ResNet depth of a Haiku checkpoint (None: inferred)")
     parser.add_argument("--step", type=int, default=None,
-                        help="checkpoint step of a workdir (default: newest)")
+                        help="checkpoint step of a workdir (None: newest)")
     parser.add_argument("--seed", type=int, default=0, help="seed for inits and sampling")
     parser.add_argument("--output", default=None,
                         help="write the results as JSON here (local or gs://...)")
     parser.add_argument("--feature_cache", default=None,
-                        help="feature cache directory (local or gs://...); default: "
+                        help="feature cache directory (local or gs://...); None: "
                              "WORKDIR/eval_features for a training workdir, else a temporary "
                              "directory removed at exit")
     parser.add_argument("--distributed", action="store_true",
