@@ -59,7 +59,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
         # argparse prints a default only beside a help text: give the bare options one.
         if action.help is None and action.option_strings and action.default not in (
                 None, False, argparse.SUPPRESS):
-            action.help = " "
+            action.help = "(default: %(default)s)"
         super().add_argument(action)
 
 
