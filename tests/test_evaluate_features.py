@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from detcon_jax.data import evaluation
-from detcon_jax.evaluate import cache, common, features, knn, linear, segmentation
+from detcon_jax.evaluate import cache, common, features, knn, linear, reporting, segmentation
 
 PER_CLASS = 2
 
@@ -185,7 +185,7 @@ def test_iou_table_and_predictions_png(tmp_path):
                                        num_classes=2)
     png = np.asarray(Image.open(tmp_path / "p.png"))
     assert png.shape == (8, 12, 3)
-    palette = segmentation._palette(2)
+    palette = reporting._palette(2)
     np.testing.assert_array_equal(png[0, 0], [0, 0, 0])          # image 0 (black)
     np.testing.assert_array_equal(png[0, 4], palette[0])         # its ground truth
     np.testing.assert_array_equal(png[0, 8], palette[1])         # its prediction

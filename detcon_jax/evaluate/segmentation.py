@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,6 +48,7 @@ import optax
 from detcon_jax import paths, sharding
 from detcon_jax.evaluate import common
 from detcon_jax.evaluate.features import Backbone, any_host, host_rows, progress, progress_bar
+from detcon_jax.evaluate.reporting import format_iou_table, write_predictions_png
 
 __all__ = [
     "CAMVID_CLASSES",
@@ -76,13 +76,14 @@ IGNORE_LABEL = 255
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "ignore_label"))
-def _confusion(pred: jax.Array, label: jax.Array, *, num_classes: int,
-               ignore_label: int) -> jax.Array:
+def _confusion_counts(pred: jax.Array, label: jax.Array, *, num_classes: int,
+                      ignore_label: int) -> jax.Array:
+    """int32 confusion counts of one (global) batch; exact (integer weights)."""
     label = label.astype(jnp.int32).ravel()
     pred = pred.astype(jnp.int32).ravel()
     valid = (label != ignore_label) & (label >= 0) & (label < num_classes)
     index = jnp.where(valid, label * num_classes + pred, 0)
-    counts = jnp.bincount(index, weights=valid.astype(jnp.float32), length=num_classes ** 2)
+    counts = jnp.bincount(index, weights=valid.astype(jnp.int32), length=num_classes ** 2)
     return counts.reshape(num_classes, num_classes)
 
 
@@ -97,14 +98,14 @@ def confusion_matrix(pred: Any, label: Any, *, num_classes: int,
         raise ValueError(f"confusion matrix: prediction {pred.shape} vs label {label.shape}")
     if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
         raise ValueError(f"confusion matrix: predictions outside [0, {num_classes})")
-    # float32 bincount is exact below 2**24 pixels per call: count in slices.
+    # int32 counts per call: count in slices far below 2**31 pixels.
     total = np.zeros((num_classes, num_classes), np.int64)
     flat_p, flat_l = pred.ravel(), label.ravel()
     step = 1 << 23
     for start in range(0, flat_p.size, step):
-        total += np.asarray(_confusion(flat_p[start:start + step], flat_l[start:start + step],
-                                       num_classes=num_classes, ignore_label=ignore_label),
-                            ).round().astype(np.int64)
+        total += np.asarray(_confusion_counts(
+            flat_p[start:start + step], flat_l[start:start + step], num_classes=num_classes,
+            ignore_label=ignore_label)).astype(np.int64)
     return total
 
 
@@ -425,69 +426,8 @@ def finetune(backbone: Backbone, train_batches: Iterable[Mapping[str, Any]],
     return result
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "ignore_label"))
-def _confusion_counts(pred: jax.Array, label: jax.Array, *, num_classes: int,
-                      ignore_label: int) -> jax.Array:
-    """int32 confusion counts of one (global) batch; exact (integer weights)."""
-    label = label.astype(jnp.int32).ravel()
-    pred = pred.astype(jnp.int32).ravel()
-    valid = (label != ignore_label) & (label >= 0) & (label < num_classes)
-    index = jnp.where(valid, label * num_classes + pred, 0)
-    counts = jnp.bincount(index, weights=valid.astype(jnp.int32), length=num_classes ** 2)
-    return counts.reshape(num_classes, num_classes)
-
-
 def _numpy(dataset: Any) -> Iterable[Mapping[str, Any]]:
     return dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else dataset
-
-
-# ---------------------------------------------------------------------------------------------
-# Reporting.
-
-
-def format_iou_table(per_class_iou: Mapping[str, float | None]) -> str:
-    """The per-class IoU (percent) as an aligned two-column table ('-': undefined)."""
-    width = max([len("class")] + [len(name) for name in per_class_iou])
-    lines = [f'{"class":<{width}}  IoU (%)']
-    for name, value in per_class_iou.items():
-        lines.append(f'{name:<{width}}  {"-" if value is None else f"{value:6.2f}":>7}')
-    return "\n".join(lines)
-
-
-def _palette(num_classes: int) -> np.ndarray:
-    """A fixed colour per class (spread hues), black for the ignore label."""
-    import colorsys
-
-    colours = np.zeros((256, 3), np.uint8)
-    for c in range(num_classes):
-        rgb = colorsys.hsv_to_rgb((c * 0.618034) % 1.0, 0.75, 0.95 if c % 2 else 0.7)
-        colours[c] = np.round(255 * np.asarray(rgb))
-    return colours
-
-
-def write_predictions_png(path: str, images: Any, labels: Any, predictions: Any, *,
-                          num_classes: int, ignore_label: int = IGNORE_LABEL) -> None:
-    """One PNG (local or URI): a row per image of image | ground truth | prediction.
-
-    Classes get fixed colours; ignored ground-truth pixels are black in both label columns
-    (the prediction there is not scored).
-    """
-    from PIL import Image
-
-    images = np.asarray(images, np.float32)
-    labels = np.asarray(labels).astype(np.int64)
-    predictions = np.asarray(predictions).astype(np.int64)
-    colours = _palette(num_classes)
-    ignored = (labels == ignore_label) | (labels < 0) | (labels >= num_classes)
-    rows = []
-    for image, label, pred, off in zip(images, labels, predictions, ignored, strict=True):
-        rgb = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
-        gt = colours[np.where(off, 255, label)]
-        pr = colours[np.where(off, 255, np.clip(pred, 0, 255))]
-        rows.append(np.concatenate([rgb, gt, pr], axis=1))
-    buffer = io.BytesIO()
-    Image.fromarray(np.concatenate(rows, axis=0)).save(buffer, format="PNG")
-    paths.as_path(path).write_bytes(buffer.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
