@@ -199,9 +199,14 @@ def backbone_from_args(args: argparse.Namespace) -> tuple[Backbone, dict[str, An
     runtime first when asked: it must precede every other JAX call)."""
     from detcon_jax import distributed
 
-    distributed.maybe_initialize(requested=getattr(args, "distributed", False))
+    if not jax.distributed.is_initialized():  # one runtime per process, several evaluators
+        distributed.maybe_initialize(requested=getattr(args, "distributed", False))
     backbone, info = load_backbone(args.checkpoint, depth=args.depth, step=args.step,
                                    seed=args.seed)
+    # The first cross-process collective sets up the CPU collectives, whose peers must
+    # join within 30 s: make it here, where every host arrives after the same work (not
+    # after building its own data pipeline).
+    _sync("backbone loaded")
     progress(f'backbone {info["kind"]} from {args.checkpoint}: feature dim '
              f'{info["feature_dim"]}, structure {info["structure"]}')
     return backbone, info
