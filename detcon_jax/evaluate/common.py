@@ -371,8 +371,11 @@ def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
         # Raised by the loaders with the offending file or key in the message.
         print(f'error: {" ".join(str(err).split())}', file=sys.stderr, flush=True)
         return 2
-    print(summary(results), flush=True)
-    if args.output:
-        write_json(args.output, results)
-        progress(f"results written to {args.output}")
+    if jax.process_index() == 0:  # one report and one output file per job
+        print(summary(results), flush=True)
+        if args.output:
+            write_json(args.output, results)
+            progress(f"results written to {args.output}")
+    # Every host leaves together (JAX's shutdown barrier waits for all of them).
+    _sync("finished")
     return 0
