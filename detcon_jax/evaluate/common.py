@@ -143,11 +143,26 @@ def feature_cache_from_args(args: argparse.Namespace, info: Mapping[str, Any]) -
     return FeatureCache(root)
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+_BARRIERS = [0]
 
-        multihost_utils.sync_global_devices(f"detcon_jax.evaluate: {name}")
+
+def _sync(name: str) -> None:
+    """Every process waits here for the others.
+
+    First at a barrier of JAX's coordination service (it waits up to 10 minutes), then in
+    a collective: the CPU collectives' first call gives its peers only 30 s to join, which
+    a loaded host starting late misses; after the barrier they all arrive together.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed  # the runtime's client: no public API
+    from jax.experimental import multihost_utils
+
+    _BARRIERS[0] += 1
+    client = getattr(jax_distributed.global_state, "client", None)
+    if client is not None:
+        client.wait_at_barrier(f"detcon_jax.evaluate.{_BARRIERS[0]}", 600_000)
+    multihost_utils.sync_global_devices(f"detcon_jax.evaluate: {name}")
 
 
 def cached_extract(forward: Callable[[Any], Any], dataset_fn: Callable[[], Any], *,
