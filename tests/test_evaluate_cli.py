@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from tolerances import assert_f32_close, f32_tolerance
 
 from detcon_jax import checkpoint, interop, model, step
@@ -166,9 +167,12 @@ def test_segmentation_cli_end_to_end(camvid_subset, tmp_path, mode):
     code = segmentation.main([f"--mode={mode}", "--checkpoint=random:tiny",
                               f"--data={camvid_subset}", "--image_size=32", "--batch_size=2",
                               "--epochs=2", "--steps=2", "--head_channels=8", "--augment_passes=1",
-                              f"--output={out}"])
+                              f"--predictions_png={tmp_path / 'pred.png'}",
+                              "--predictions_count=3", f"--output={out}"])
     assert code == 0
     result = json.loads(out.read_text())
+    # Three val images, each a row of image | ground truth | prediction at 32 x 32.
+    assert np.asarray(Image.open(tmp_path / "pred.png")).shape == (3 * 32, 3 * 32, 3)
     assert result["test_split"] == "val"  # no test/ folder in the subset
     assert set(result["per_class_iou"]) == set(segmentation.CAMVID_CLASSES)
     confusion = np.asarray(result["confusion_matrix"])
