@@ -19,7 +19,7 @@ from detcon_jax.evaluate import cache, features
 
 def main(num: int, root: str) -> None:
     module = model.ResNet(depth=18, blocks_per_group=(1, 1, 1, 1),
-                          channels_per_group=(8, 8, 8, 512), bottleneck=True)
+                          channels_per_group=(8, 8, 8, 2048), bottleneck=True)
     variables = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     backbone = features.Backbone(module, dict(variables), {})
     ds = tf.data.Dataset.range(num).map(
