@@ -427,13 +427,14 @@ def report(summary: Summary) -> str:
 
 def main(argv: Sequence[str] | None = None) -> Summary:
     parser = argparse.ArgumentParser(prog="python -m detcon_jax.fh_masks",
-                                     description=__doc__.split("\n")[0])
+                                     description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--input", required=True, help="image folder or TFRecords")
     parser.add_argument("--output", required=True,
                         help="output folder for TFRecord shards (local or gs://...)")
     parser.add_argument("--scale", default="1000", help="FH scale(s), comma separated")
     parser.add_argument("--min_size", default="1000", help="FH min segment size(s)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes")
     parser.add_argument("--num_shards", type=int, default=0, help="0: ceil(images / 1024)")
     parser.add_argument("--split", default="train", help="shard name prefix")
     parser.add_argument("--no_progress", action="store_true")

@@ -49,3 +49,26 @@ def iou_percent(confusion) -> tuple[list[float | None], float, float]:
         per_class.append(None if union == 0 else 100.0 * tp / union)
     defined = [v for v in per_class if v is not None]
     return per_class, float(np.mean(defined)), 100.0 * np.trace(confusion) / confusion.sum()
+
+
+def link_cifar_subset(cifar_dir, root, per_class: int):
+    """``root/{train,test}/CLASS``: symlinks to the first ``per_class`` images of every class."""
+    for split in ("train", "test"):
+        for class_dir in sorted((cifar_dir / split).iterdir()):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:per_class]:
+                (target / image.name).symlink_to(image)
+    return root
+
+
+def link_camvid_subset(camvid_dir, root, counts=(("train", 6), ("val", 4))):
+    """``root/SPLIT/{images,labels}``: symlinks to the first images (and labels) per split."""
+    for split, count in counts:
+        for kind in ("images", "labels"):
+            (root / split / kind).mkdir(parents=True)
+        for image in sorted((camvid_dir / split / "images").iterdir())[:count]:
+            (root / split / "images" / image.name).symlink_to(image)
+            label = camvid_dir / split / "labels" / f"{image.stem}.png"
+            (root / split / "labels" / label.name).symlink_to(label)
+    return root

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from tolerances import assert_f32_close, f32_tolerance
 
 from detcon_jax import checkpoint, interop, model, step
@@ -20,27 +21,13 @@ PER_CLASS = 3
 @pytest.fixture(scope="module")
 def cifar_subset(data_dir, tmp_path_factory):
     """The first PER_CLASS images of every class of both splits, linked into a new folder."""
-    root = tmp_path_factory.mktemp("cifar10")
-    for split in ("train", "test"):
-        for class_dir in sorted((data_dir / "cifar10" / split).iterdir()):
-            target = root / split / class_dir.name
-            target.mkdir(parents=True)
-            for image in sorted(class_dir.iterdir())[:PER_CLASS]:
-                (target / image.name).symlink_to(image)
-    return root
+    return eval_helpers.link_cifar_subset(data_dir / "cifar10",
+                                          tmp_path_factory.mktemp("cifar10"), PER_CLASS)
 
 
 @pytest.fixture(scope="module")
 def camvid_subset(data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("camvid")
-    for split, count in (("train", 6), ("val", 4)):
-        for kind in ("images", "labels"):
-            (root / split / kind).mkdir(parents=True)
-        for image in sorted((data_dir / "camvid" / split / "images").iterdir())[:count]:
-            (root / split / "images" / image.name).symlink_to(image)
-            label = data_dir / "camvid" / split / "labels" / f"{image.stem}.png"
-            (root / split / "labels" / label.name).symlink_to(label)
-    return root
+    return eval_helpers.link_camvid_subset(data_dir / "camvid", tmp_path_factory.mktemp("camvid"))
 
 
 def _tiny_network():
@@ -187,9 +174,12 @@ def test_segmentation_cli_end_to_end(camvid_subset, tmp_path, mode):
     code = segmentation.main([f"--mode={mode}", "--checkpoint=random:tiny",
                               f"--data={camvid_subset}", "--image_size=32", "--batch_size=2",
                               "--epochs=2", "--steps=2", "--head_channels=8", "--augment_passes=1",
-                              f"--output={out}"])
+                              f"--predictions_png={tmp_path / 'pred.png'}",
+                              "--predictions_count=3", f"--output={out}"])
     assert code == 0
     result = json.loads(out.read_text())
+    # Three val images, each a row of image | ground truth | prediction at 32 x 32.
+    assert np.asarray(Image.open(tmp_path / "pred.png")).shape == (3 * 32, 3 * 32, 3)
     assert result["test_split"] == "val"  # no test/ folder in the subset
     assert set(result["per_class_iou"]) == set(segmentation.CAMVID_CLASSES)
     confusion = np.asarray(result["confusion_matrix"])

@@ -30,6 +30,30 @@ def pad_batch(batch: dict[str, tf.Tensor], batch_size: int) -> dict[str, tf.Tens
     return out
 
 
+def subset_indices(labels: Sequence[int] | None, count: int, *, per_class: int | None = None,
+                   max_images: int | None = None) -> np.ndarray:
+    """Positions (ascending) of the images a subset keeps, from a listing of ``count`` items.
+
+    ``per_class`` keeps the first N images of every class (file order); ``max_images`` then
+    keeps at most N of those, taken round-robin over the classes (the k-th image of every
+    class before the (k+1)-th of any), so a small subset stays balanced. Without labels
+    (segmentation) ``max_images`` keeps the first N. Both None: everything.
+    """
+    order = np.arange(count)
+    if labels is None:
+        return order[:max_images] if max_images is not None else order
+    labels = np.asarray(labels)
+    rank = np.zeros(count, np.int64)
+    for value in np.unique(labels):  # rank of each image within its class
+        where = np.flatnonzero(labels == value)
+        rank[where] = np.arange(len(where))
+    keep = order if per_class is None else order[rank < per_class]
+    if max_images is not None and len(keep) > max_images:
+        balanced = keep[np.lexsort((labels[keep], rank[keep]))][:max_images]
+        keep = np.sort(balanced)
+    return keep
+
+
 def _finish_eval(ds, train, shuffle_buffer, seed):
     """Shuffle + repeat for training; then one stateless seed pair per element, so that a
     single ordered pass with ``crop='random'`` is a reproducible augmented pass."""
@@ -64,6 +88,8 @@ def make_eval_dataset(
     shuffle_buffer: int = 10_000,
     seed: int | None = None,
     deterministic: bool = True,
+    per_class: int | None = None,
+    max_images: int | None = None,
 ) -> tf.data.Dataset:
     """Labelled images for linear evaluation.
 
@@ -81,6 +107,9 @@ def make_eval_dataset(
       process_index, process_count: this host's shard.
       shuffle_buffer, seed: the training shuffle; ``seed`` also keys the crops.
       deterministic: fixed element order in training mode (evaluation passes always are).
+      per_class, max_images: a subset (`subset_indices`), chosen before the host shards. For
+        TFDS, the first N per class and then the first ``max_images`` of the stream, counted
+        on each host's shard (per host when there are several).
 
     Returns:
       Dicts of ``image`` float32 ``[b, S, S, 3]`` in [0, 1], ``label`` int32 ``[b]`` and, in
@@ -89,6 +118,8 @@ def make_eval_dataset(
     shard = sources.Shard(process_index, process_count)
     if source == "folder":
         files, labels, _ = sources.class_folder_files(pathlib.Path(data_dir) / split)
+        keep = subset_indices(labels, len(files), per_class=per_class, max_images=max_images)
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         pairs = shard.select(list(zip(files, labels, strict=True)),
                              f"eval folder {data_dir}/{split}")
         paths, labels = zip(*pairs, strict=True)
@@ -99,6 +130,10 @@ def make_eval_dataset(
         items, load = sources.TfdsSource(tfds_name, data_dir=data_dir, split=split).listing(
             shard, shuffle_files=train, seed=seed or 0)
         ds = items.map(load)
+        if per_class is not None:
+            ds = _first_per_class(ds, per_class)
+        if max_images is not None:
+            ds = ds.take(max_images)
     else:
         raise ValueError(f"eval source must be folder or tfds, got {source!r}")
     ds = _finish_eval(ds, train, shuffle_buffer, seed)
@@ -112,6 +147,18 @@ def make_eval_dataset(
 
     ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
     return _batch(ds, batch_size, train, deterministic)
+
+
+def _first_per_class(ds: tf.data.Dataset, per_class: int) -> tf.data.Dataset:
+    """The first ``per_class`` examples of every label of a stream (counts kept in a scan)."""
+    def count(seen, ex):
+        label = tf.cast(ex["label"], tf.int32)
+        seen = tf.tensor_scatter_nd_add(seen, [[label]], [1])
+        return seen, (ex, seen[label] <= per_class)
+
+    # 2**16 label slots: any classification label set (ImageNet-21k has 21,843 classes).
+    ds = ds.scan(tf.zeros([1 << 16], tf.int32), count)
+    return ds.filter(lambda ex, keep: keep).map(lambda ex, keep: ex)
 
 
 def make_segmentation_dataset(
@@ -135,6 +182,7 @@ def make_segmentation_dataset(
     shuffle_buffer: int = 1000,
     seed: int | None = None,
     deterministic: bool = True,
+    max_images: int | None = None,
 ) -> tf.data.Dataset:
     """Images with dense labels, in one of the `segmentation_sets.LAYOUTS` or from TFDS.
 
@@ -157,6 +205,8 @@ def make_segmentation_dataset(
         data dir (None: TFDS's default).
       layout: ``folder`` (``data_dir/split/{images,labels}``, CamVid), ``voc``,
         ``cityscapes`` or ``tfds`` (``tfds_name``, e.g. ``cityscapes/semantic_segmentation``).
+      max_images: keep the first N images of the split (file order; TFDS: of this host's
+        shard).
       Other arguments as in `make_eval_dataset`.
 
     Returns:
@@ -169,9 +219,13 @@ def make_segmentation_dataset(
         items, load = sources.TfdsSource(tfds_name, data_dir=data_dir, split=split,
                                          gt_masks=True).listing(shard, shuffle_files=train,
                                                                 seed=seed or 0)
+        if max_images is not None:
+            items = items.take(max_images)
         ds = items.map(load)
     else:
         images, labels = segmentation_sets.segmentation_files(layout, data_dir, split)
+        keep = subset_indices(None, len(images), max_images=max_images)
+        images, labels = [images[i] for i in keep], [labels[i] for i in keep]
         pairs = shard.select(list(zip(images, labels, strict=True)),
                              f"segmentation {layout} {data_dir} {split}")
         paths, label_paths = zip(*pairs, strict=True)

@@ -11,6 +11,14 @@ Sources accepted by `load_backbone`:
   moving averages are set to mean 0 / variance 1 (so BatchNorm is the identity up to its
   affine parameters, as in a freshly constructed torchvision model); Flax's evaluation-mode
   init would otherwise leave variance 0 and blow the activations up by 1/sqrt(eps) per layer.
+* ``random:WORKDIR``: the online encoder of that training run's step 0, i.e. the run's own
+  architecture (from ``WORKDIR/config.json``) initialised exactly as `step.create_train_state`
+  does with the run's seed: the random baseline that matches a trained encoder.
+
+Extraction runs on a mesh of all devices of all processes (`detcon_jax.sharding`, as
+training): variables replicated, each host's batch rows sharded over its devices, features
+returned per host. `extract` streams them to a sink (a `cache.ShardWriter` on disk, or
+memory) with a tqdm progress bar (total and ETA).
 
 The encoder (``model.ResNet``) takes already-normalised images; the returned backbone takes
 images in [0, 1] and applies the ImageNet mean/std itself, as ``DetConNetwork`` does.
@@ -20,9 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import re
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -32,11 +41,16 @@ import numpy as np
 from etils import epath
 
 from detcon_jax import model as model_lib
-from detcon_jax import paths
+from detcon_jax import paths, sharding
+from detcon_jax.evaluate.cache import MemorySink
 
 __all__ = [
     "Backbone",
+    "MeshForward",
+    "any_host",
     "extract",
+    "host_rows",
+    "progress_bar",
     "infer_resnet_structure",
     "load_backbone",
     "normalize_images",
@@ -49,6 +63,16 @@ Variables = dict[str, Any]
 def progress(message: str) -> None:
     """One progress line on stderr (flushed: the evaluators run for minutes)."""
     print(f"[evaluate] {message}", file=sys.stderr, flush=True)
+
+
+def progress_bar(total: int | None, description: str, unit: str = "img"):
+    """A tqdm bar on stderr with total and ETA (process 0 only; sparse when not a terminal)."""
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=f"[evaluate] {description}", unit=unit, file=sys.stderr,
+                mininterval=0.5 if interactive else 15.0, dynamic_ncols=interactive,
+                disable=jax.process_index() != 0)
 
 
 def normalize_images(images: jax.Array) -> jax.Array:
@@ -88,6 +112,68 @@ class Backbone:
 
     def __call__(self, images: Any) -> jax.Array:
         return self._eval_fn(self.variables, jnp.asarray(images))
+
+    def on_mesh(self, *, pool: bool = True) -> MeshForward:
+        """The `MeshForward` of this backbone over all devices (built once per ``pool``)."""
+        forwards = self.__dict__.setdefault("_mesh_forwards", {})
+        if pool not in forwards:
+            forwards[pool] = MeshForward(self, pool=pool)
+        return forwards[pool]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the structure and every variable: the backbone's identity in caches."""
+        digest = hashlib.sha256(json.dumps(self.module.structure(), sort_keys=True,
+                                           default=str).encode())
+        for path, leaf in jax.tree_util.tree_leaves_with_path(self.variables):
+            value = np.asarray(jax.device_get(leaf))
+            digest.update(f"{jax.tree_util.keystr(path)}{value.dtype}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        return digest.hexdigest()
+
+
+class MeshForward:
+    """Eval-mode features of a `Backbone` on a mesh of every device of every process.
+
+    ``forward(local_images)`` takes this host's rows ``[b, H, W, 3]`` (``b`` a multiple of
+    the local device count; the global batch is ``b * process_count``) and returns this
+    host's features as numpy, pooled ``[b, C]`` or maps ``[b, h, w, C]``. The variables are
+    replicated once; every host must call it the same number of times (collectives).
+
+    ``fingerprint`` is the backbone's, so `MeshForward` can stand wherever a cache key is
+    needed; wrap it (e.g. to count forwards) by any callable with a ``fingerprint``.
+    """
+
+    def __init__(self, backbone: Backbone, *, pool: bool = True,
+                 mesh: jax.sharding.Mesh | None = None) -> None:
+        self.mesh = mesh or sharding.make_mesh()
+        self.pool = pool
+        self.fingerprint = backbone.fingerprint
+        replicated = sharding.replicated(self.mesh)
+        self.variables = jax.tree.map(
+            lambda x: jax.make_array_from_callback(np.shape(x), replicated,
+                                                   lambda index, x=x: np.asarray(x)[index]),
+            backbone.variables)
+
+        def forward(variables, images):
+            out = backbone.apply(variables, images, train=False)[0]
+            return jnp.mean(out, axis=(1, 2)) if pool else out
+
+        self._fn = jax.jit(forward, in_shardings=(replicated, sharding.batch_sharding(self.mesh)),
+                           out_shardings=sharding.batch_sharding(self.mesh))
+
+    def __call__(self, local_images: Any) -> np.ndarray:
+        images = sharding.global_batch({"image": np.asarray(local_images, np.float32)},
+                                       self.mesh)["image"]
+        return host_rows(self._fn(self.variables, images))
+
+
+def host_rows(array: jax.Array) -> np.ndarray:
+    """This host's rows of a batch-sharded global array, in the order it passed them in."""
+    shards = {}
+    for shard in array.addressable_shards:
+        shards.setdefault(shard.index[0].start or 0, shard)  # replicas: one copy
+    return np.concatenate([np.asarray(shards[k].data) for k in sorted(shards)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +256,34 @@ def _random_backbone(spec: str, seed: int) -> tuple[model_lib.ResNet, Variables]
     return module, variables
 
 
+def _step0_backbone(workdir: str) -> tuple[model_lib.ResNet, Variables]:
+    """The online encoder of a training run's step 0 (its config, its seed)."""
+    import ml_collections
+    import optax
+
+    from detcon_jax import step as step_lib
+
+    if not paths.as_path(workdir).is_dir():
+        raise ValueError(f"backbone 'random:{workdir}': expected random:DEPTH, "
+                         f"random:DEPTHxWIDTH, random:tiny or random:WORKDIR (no directory "
+                         f"{workdir})")
+    config_path = paths.as_path(workdir) / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"random:{workdir}: {config_path} does not exist (random:WORKDIR "
+                                f"needs a training workdir)")
+    try:
+        config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+        step_lib.make_network(config)
+    except (ValueError, KeyError, AttributeError, TypeError) as err:
+        raise ValueError(f"{config_path}: not a training config ({err})") from err
+    state = jax.jit(lambda: step_lib.create_train_state(
+        config, jax.random.PRNGKey(config.seed), optimizer=optax.identity()))()
+    variables = {"params": state.online_params["encoder"],
+                 "batch_stats": state.online_batch_stats["encoder"]}
+    structure = infer_resnet_structure(variables["params"], str(config_path))
+    return model_lib.ResNet(**structure), variables
+
+
 def _resolve_state_dir(path: str, step: int | None) -> tuple[epath.Path, int | None]:
     """``path`` (workdir, checkpoints dir, step dir or state dir) -> (state item dir, step).
 
@@ -238,8 +352,9 @@ def load_backbone(source: str, *, depth: int | None = None, step: int | None = N
     """Loads a frozen encoder; returns ``(apply_fn, info)``.
 
     Args:
-      source: a training workdir / orbax checkpoint directory, a Haiku ``.npy`` file, or
-        ``random:DEPTH`` / ``random:DEPTHxWIDTH`` / ``random:tiny``.
+      source: a training workdir / orbax checkpoint directory, a Haiku ``.npy`` file,
+        ``random:DEPTH`` / ``random:DEPTHxWIDTH`` / ``random:tiny``, or ``random:WORKDIR``
+        (that run's step-0 online encoder; ``seed`` is not used, the run's own is).
       depth: ResNet depth for Haiku checkpoints whose root name does not say it.
       step: checkpoint step for workdirs (default: the newest complete one).
       seed: initialisation seed for ``random:`` sources.
@@ -256,7 +371,13 @@ def load_backbone(source: str, *, depth: int | None = None, step: int | None = N
     """
     info: dict[str, Any] = {"source": source}
     location = None if source.startswith("random:") else paths.check_reachable(source)
-    if location is None:
+    random_workdir = (source.startswith("random:")
+                      and not re.fullmatch(r"random:(tiny|\d+)(x\d+)?", source))
+    if random_workdir:
+        workdir = source[len("random:"):]
+        module, variables = _step0_backbone(workdir)
+        info.update(kind="random", step=0, workdir=workdir)
+    elif location is None:
         module, variables = _random_backbone(source, seed)
         info["kind"] = "random"
     elif source.endswith(".npy"):
@@ -286,56 +407,76 @@ def load_backbone(source: str, *, depth: int | None = None, step: int | None = N
 # Feature extraction.
 
 
-@jax.jit
-def _global_pool(features: jax.Array) -> jax.Array:
-    return jnp.mean(features, axis=(1, 2))
+def any_host(flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (every process must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag]))))
 
 
-def extract(apply_fn: Callable[[Any], jax.Array], dataset: Iterable[Mapping[str, Any]], *,
+def extract(apply_fn: Callable[[Any], Any], dataset: Iterable[Mapping[str, Any]], *,
             pool: bool = True, num_examples: int | None = None, description: str = "features",
-            log_every_s: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+            total: int | None = None, sink: Any = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Runs ``apply_fn`` over a data set of batches; returns ``(features, labels)``.
 
     Args:
-      apply_fn: images ``[B, H, W, 3]`` in [0, 1] -> feature map ``[B, h, w, C]`` (eval mode),
-        e.g. from `load_backbone`.
+      apply_fn: images ``[B, H, W, 3]`` in [0, 1] -> features: a `Backbone` (feature maps,
+        run on the mesh through `MeshForward`), a `MeshForward`, or any callable (used as
+        is; its output is pooled when ``pool`` and 4-D).
       dataset: a ``tf.data.Dataset`` (iterated as numpy) or any iterable of dicts with
-        ``image``, ``label`` and optionally ``valid`` (padding rows are dropped).
+        ``image``, ``label`` and optionally ``valid`` (padding rows are dropped). With
+        several processes, each passes its own shard; all keep calling the forward until
+        every host is done (a finished host feeds all-padding batches).
       pool: global average pool to ``[N, C]`` (classification); False keeps the maps
         ``[N, h, w, C]`` (segmentation).
       num_examples: stop after this many examples (required for endless training streams).
-      description: name used in the progress lines.
-      log_every_s: seconds between progress lines.
+      description: name shown on the progress bar.
+      total: images this host will see (the bar's total and ETA; default ``num_examples``).
+      sink: where rows go (``add(features, labels, order)``, ``close()``), e.g. a
+        `cache.ShardWriter`; default in memory.
 
     Returns:
-      float32 features and the matching labels as numpy arrays.
+      float32 features and the matching labels as numpy arrays in data-set order, or None
+      when a ``sink`` was given (read the rows from it).
     """
-    batches = dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else dataset
-    features, labels = [], []
-    count, start, last_log = 0, time.perf_counter(), time.perf_counter()
-    for batch in batches:
-        out = apply_fn(batch["image"])
-        if pool:
-            out = _global_pool(out)
-        out = np.asarray(jax.device_get(out), np.float32)
-        label = np.asarray(batch["label"])
-        if "valid" in batch:
-            keep = np.asarray(batch["valid"], bool)
-            out, label = out[keep], label[keep]
-        if num_examples is not None:
-            out, label = out[:num_examples - count], label[:num_examples - count]
-        features.append(out)
-        labels.append(label)
-        count += len(out)
-        now = time.perf_counter()
-        if now - last_log >= log_every_s:
-            total = f"/{num_examples}" if num_examples else ""
-            progress(f"{description}: {count}{total} images, "
-                     f"{count / max(now - start, 1e-9):.1f} img/s")
-            last_log = now
+    if isinstance(apply_fn, Backbone):
+        apply_fn = apply_fn.on_mesh(pool=pool)
+    elif isinstance(apply_fn, MeshForward) and apply_fn.pool != pool:
+        raise ValueError(f"{description}: the forward pools={apply_fn.pool}, asked pool={pool}")
+    batches = iter(dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator")
+                   else dataset)
+    collect = sink is None
+    sink = MemorySink() if sink is None else sink
+    count = position = 0
+    template = None
+    bar = progress_bar(total or num_examples, description)
+    while True:
+        batch = next(batches, None)
         if num_examples is not None and count >= num_examples:
+            batch = None
+        if not any_host(batch is not None):
             break
-    if not features:
+        if batch is None:  # this host is done, another is not: feed padding
+            batch = {k: np.zeros_like(v) for k, v in template.items()}
+            batch["valid"] = np.zeros(len(batch["label"]), bool)
+        template = template or batch
+        out = np.asarray(apply_fn(batch["image"]), np.float32)
+        if pool and out.ndim == 4:
+            out = out.mean(axis=(1, 2))
+        label = np.asarray(batch["label"])
+        keep = np.asarray(batch.get("valid", np.ones(len(label), bool)), bool)
+        if num_examples is not None:
+            keep &= np.cumsum(keep) <= num_examples - count
+        order = (position + np.arange(int(keep.sum()))) * jax.process_count() + \
+            jax.process_index()
+        sink.add(out[keep], label[keep], order)
+        count += int(keep.sum())
+        position += int(keep.sum())
+        bar.update(int(keep.sum()))
+    bar.close()
+    sink.close()
+    if count == 0 and jax.process_count() == 1:
         raise ValueError(f"{description}: the data set yielded no examples")
-    progress(f"{description}: {count} images in {time.perf_counter() - start:.1f}s")
-    return np.concatenate(features), np.concatenate(labels)
+    return sink.arrays() if collect else None
