@@ -178,8 +178,10 @@ def test_segmentation_cli_end_to_end(camvid_subset, tmp_path, mode):
                               "--predictions_count=3", f"--output={out}"])
     assert code == 0
     result = json.loads(out.read_text())
-    # Three val images, each a row of image | ground truth | prediction at 32 x 32.
-    assert np.asarray(Image.open(tmp_path / "pred.png")).shape == (3 * 32, 3 * 32, 3)
+    # Three val images, each a row of image | ground truth | prediction at the labels'
+    # native resolution (the scored one).
+    height, width = segmentation_labels(camvid_subset / "val" / "labels").shape[1:]
+    assert np.asarray(Image.open(tmp_path / "pred.png")).shape == (3 * height, 3 * width, 3)
     assert result["test_split"] == "val"  # no test/ folder in the subset
     assert set(result["per_class_iou"]) == set(segmentation.CAMVID_CLASSES)
     confusion = np.asarray(result["confusion_matrix"])

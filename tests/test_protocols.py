@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from detcon_jax.evaluate import protocols, segmentation
+from detcon_jax.evaluate import dense, protocols, segmentation
 from tests.test_segmentation_sets import voc  # noqa: F401  (the tiny VOC tree fixture)
 
 
@@ -19,7 +19,7 @@ def test_protocol_defaults_are_flags_of_the_cli(name):
 
 
 def test_step_schedule_drops_tenfold_at_70_and_90_percent():
-    opt = segmentation._sgd(1.0, 10, momentum=0.0, weight_decay=0.0, schedule="step")
+    opt = dense._sgd(1.0, 10, momentum=0.0, weight_decay=0.0, schedule="step")
     params = {"w": jnp.zeros(())}
     state, rates = opt.init(params), []
     for _ in range(10):
