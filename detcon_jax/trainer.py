@@ -17,6 +17,10 @@ step the loop runs five concerns in sequence:
 5. the save itself (metrics are flushed first), then the stop.
 
 ``detcon_jax.train`` is the command line over this module (flags, exit codes, SIGTERM).
+
+(Somewhat over 500 lines: the run's whole life cycle, start-up checks, restore, the loop
+and its finish, is kept in one module so that it reads in order; what each step prints is
+in `console`, the pictures in `mask_pictures`, the warnings in `diagnostics`.)
 """
 
 from __future__ import annotations
