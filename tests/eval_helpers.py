@@ -72,3 +72,23 @@ def link_camvid_subset(camvid_dir, root, counts=(("train", 6), ("val", 4))):
             label = camvid_dir / split / "labels" / f"{image.stem}.png"
             (root / split / "labels" / label.name).symlink_to(label)
     return root
+
+
+def write_haiku_resnet18(path):
+    """A released-layout Haiku ResNet-18 ``.npy`` at ``path`` with random weights and
+    statistics (integer leaves 7); returns ``path``."""
+    import jax
+    import jax.numpy as jnp
+
+    from detcon_jax import interop, model
+
+    net = model.ResNet(depth=18)
+    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(
+        lambda s: (np.full(s.shape, 7, np.int32) if s.dtype == jnp.int32
+                   else rng.uniform(0.5, 1.5, s.shape).astype(np.float32)), shapes)
+    hk_params, hk_state = interop.flax_to_haiku(variables, root="res_net18")
+    np.save(path, {**hk_params, **hk_state}, allow_pickle=True)
+    return path

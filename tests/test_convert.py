@@ -7,13 +7,13 @@ import pickletools
 import subprocess
 import sys
 
+import eval_helpers
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from torch_helpers import require
 
-from detcon_jax import checkpoint, convert, export, interop, model
+from detcon_jax import checkpoint, convert, export, interop
 from detcon_jax.config import ConfigError, model_signature
 from detcon_jax.evaluate import features
 
@@ -21,17 +21,7 @@ from detcon_jax.evaluate import features
 @pytest.fixture(scope="module")
 def haiku_npy(tmp_path_factory):
     """A released-layout Haiku ResNet-18 (.npy) with random weights and statistics."""
-    net = model.ResNet(depth=18)
-    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                             train=False))
-    rng = np.random.default_rng(0)
-    variables = jax.tree.map(
-        lambda s: (np.full(s.shape, 7, np.int32) if s.dtype == jnp.int32
-                   else rng.uniform(0.5, 1.5, s.shape).astype(np.float32)), shapes)
-    hk_params, hk_state = interop.flax_to_haiku(variables, root="res_net18")
-    path = tmp_path_factory.mktemp("haiku") / "resnet18.npy"
-    np.save(path, {**hk_params, **hk_state}, allow_pickle=True)
-    return str(path)
+    return str(eval_helpers.write_haiku_resnet18(tmp_path_factory.mktemp("haiku") / "resnet18.npy"))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 
+import eval_helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +23,7 @@ from cli_helpers import REPO, subprocess_env
 from etils import epath
 from gcs_emulator import CLOSED
 
-from detcon_jax import checkpoint, convert, export, fh_masks, interop, metrics, model, paths
+from detcon_jax import checkpoint, convert, export, fh_masks, interop, metrics, paths
 from detcon_jax.config import ConfigError
 from detcon_jax.evaluate import features, knn
 
@@ -227,15 +228,7 @@ def test_tensorboard_on_tf_ram_filesystem_beside_a_bucket_workdir(bucket_dir):
 @pytest.fixture(scope="module")
 def haiku_npy(tmp_path_factory):
     """A released-layout Haiku ResNet-18 (.npy) with random weights, and its Flax variables."""
-    net = model.ResNet(depth=18)
-    shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                             train=False))
-    rng = np.random.default_rng(0)
-    variables = jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(np.float32),
-                             shapes)
-    hk_params, hk_state = interop.flax_to_haiku(variables, root="res_net18")
-    path = tmp_path_factory.mktemp("haiku") / "resnet18.npy"
-    np.save(path, {**hk_params, **hk_state}, allow_pickle=True)
+    path = eval_helpers.write_haiku_resnet18(tmp_path_factory.mktemp("haiku") / "resnet18.npy")
     _, reference = interop.load_haiku_resnet(path)
     return path, jax.tree.map(np.asarray, reference)
 
