@@ -174,6 +174,7 @@ def test_view2_solarize_fires_about_twenty_percent():
     assert abs(fired.mean() - 0.2) < 0.045, fired.mean()
 
 
+@pytest.mark.slow
 def test_random_order_matches_per_image_reference():
     """Jitter order per image equals a direct per-image loop over its own permutation.
 

@@ -193,6 +193,7 @@ def test_bad_config_input_is_one_line_and_exit_2(tmp_path, flags_, expected):
     assert line.startswith(expected), line
 
 
+@pytest.mark.slow
 def test_warmup_longer_than_a_short_run_says_the_fix(tmp_path, data_dir):
     # CamVid's 367 images at batch 8: one warm-up epoch is 45 steps, more than the 12 asked.
     proc = _train(tmp_path, "--config=experiments/detcon_b_camvid.py",
@@ -203,6 +204,7 @@ def test_warmup_longer_than_a_short_run_says_the_fix(tmp_path, data_dir):
     assert "--config.optim.warmup_epochs=0" in line, line
 
 
+@pytest.mark.slow
 def test_data_path_at_the_dataset_root_names_the_split_to_give(tmp_path, data_dir):
     # CamVid's root holds train/ and val/, each with images/ and labels/.
     root = data_dir / "camvid"

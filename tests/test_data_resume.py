@@ -71,6 +71,7 @@ def _config(kind, tmp_path):
                    shuffle_buffer=4, deterministic=True), 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["imagenet_fh", "folder", "synthetic"])
 def test_late_resume_equals_uninterrupted_and_decodes_at_most_one_epoch(
         kind, tmp_path, monkeypatch):
@@ -149,6 +150,7 @@ def _resumed_equals_uninterrupted(config, skip, corrupt):
             np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_a_resume_does_not_open_shards_the_shuffle_finished_before_its_position(tmp_path):
     # Shards of unequal sizes, interleaved one record at a time: the short ones are done
     # early in the epoch. A resume at offset 14 of epoch 5 must not open a shard all of

@@ -60,6 +60,7 @@ def workdir(tmp_path_factory):
                            "batch_stats": updates["batch_stats"]}
 
 
+@pytest.mark.slow
 def test_load_backbone_from_workdir_matches_network_embedding(workdir):
     path, network, variables = workdir
     backbone, info = features.load_backbone(str(path))
@@ -116,6 +117,7 @@ def test_random_backbone_has_identity_batchnorm_statistics():
         features.load_backbone("random:resnet")
 
 
+@pytest.mark.slow
 def test_linear_cli_end_to_end(cifar_subset, workdir, tmp_path, capsys):
     out = tmp_path / "linear.json"
     code = linear.main([f"--checkpoint={workdir[0]}", f"--data={cifar_subset}",
@@ -144,6 +146,7 @@ def test_linear_cli_end_to_end(cifar_subset, workdir, tmp_path, capsys):
     assert result["sweep"] == want["sweep"]
 
 
+@pytest.mark.slow
 def test_knn_cli_end_to_end(cifar_subset, tmp_path, capsys):
     out = tmp_path / "knn.json"
     code = knn.main(["--checkpoint=random:tiny", f"--data={cifar_subset}", "--image_size=32",
@@ -235,6 +238,7 @@ def _classification_data(cifar_subset):
     return common.ClassificationData.from_args(args)
 
 
+@pytest.mark.slow
 def test_augmented_passes_are_aligned_and_differ(cifar_subset):
     data = _classification_data(cifar_subset)
     assert data.num_classes == 10 and data.source == "folder"

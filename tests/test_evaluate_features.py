@@ -56,6 +56,7 @@ def test_subset_indices_per_class_then_balanced_max():
     np.testing.assert_array_equal(evaluation.subset_indices(None, 9, max_images=3), [0, 1, 2])
 
 
+@pytest.mark.slow
 def test_cache_hit_avoids_extraction_and_gives_the_same_arrays(cifar_subset, tmp_path):
     backbone, _ = features.load_backbone("random:tiny")
     data = _data(cifar_subset, tmp_path / "cache", train_per_class=1)
@@ -97,6 +98,7 @@ def test_shard_writer_streams_in_shards_and_reads_back_in_order(tmp_path):
     np.testing.assert_array_equal(y, np.arange(10))
 
 
+@pytest.mark.slow
 def test_knn_after_linear_reads_the_cached_centre_crops(cifar_subset, tmp_path, capsys):
     flags = ["--checkpoint=random:tiny", f"--data={cifar_subset}", "--image_size=32",
              "--batch_size=8", f"--feature_cache={tmp_path / 'cache'}"]

@@ -338,6 +338,7 @@ def _state_dict(variables):
             export.flax_to_torchvision(variables).items()}
 
 
+@pytest.mark.slow
 def test_torchvision_resnet50_reproduces_official_features(golden):
     """torchvision.models.resnet50 with our export + apply_tf_same_padding == golden features
     (float32 torch against the Haiku float32 golden: tolerance RESNET50_TOL); with PyTorch's

@@ -251,6 +251,7 @@ def test_forward_outputs_of_the_official_state(golden, setup):
                                            err_msg=f"{name} {output} view {view}")
 
 
+@pytest.mark.slow
 def test_each_step_from_the_official_state(golden, setup):
     """Teacher forcing: step k from the official state before it, compared after it."""
     config, optimizer, train_step = setup

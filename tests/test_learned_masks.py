@@ -99,6 +99,7 @@ def _batch(config, batch=4, seed=0):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", [3, 4])
 def test_discovery_features_of_the_chosen_block_group(layer):
     config = _learned_config(layer=layer)
@@ -117,6 +118,7 @@ def test_discovery_features_of_the_chosen_block_group(layer):
         np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bootstrap_switch_over_at_its_step_without_recompiling():
     config = _learned_config(bootstrap_steps=5)
     network = step_lib.make_network(config)
@@ -141,6 +143,7 @@ def test_bootstrap_switch_over_at_its_step_without_recompiling():
     assert segment._cache_size() == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,network", [("detcon_b", "target"), ("detcon_s", "ema")])
 def test_train_step_with_learned_masks(method, network):
     config = _learned_config(bootstrap_steps=1, network=network)

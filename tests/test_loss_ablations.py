@@ -169,6 +169,7 @@ def test_each_switch_changes_the_loss():
     assert whole == pytest.approx(default, rel=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switches", [dict(), dict(negatives_group_size=2),
                                       dict(local_negatives=False), dict(cross_view=False)])
 def test_detcon_s_equals_definition_with_one_shared_network(switches):
@@ -209,6 +210,7 @@ def test_detcon_s_within_view_positive_is_the_roi_itself():
     np.testing.assert_allclose(loss, expected, rtol=_RTOL)
 
 
+@pytest.mark.slow
 def test_simclr_and_byol_switches():
     rng = np.random.default_rng(5)
     z1, z2, q1, q2 = (rng.normal(size=(6, 5)).astype(np.float32) for _ in range(4))
@@ -243,6 +245,7 @@ def test_simclr_and_byol_switches():
     np.testing.assert_allclose(float(L.byol_loss(z1, z2, q1, q2)), cross, rtol=_RTOL)
 
 
+@pytest.mark.slow
 def test_reference_group_is_the_mean_of_per_group_official_losses():
     emb, ids = _case(6, batch=6)
     args = (*emb, *ids)
@@ -377,6 +380,7 @@ _DEVICES_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_group_at_8_devices_equals_official_per_device_loss(repo_root):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")

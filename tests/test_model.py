@@ -377,6 +377,7 @@ def test_init_state_holds_init_batch_statistics():
     assert all(np.all(v == 0) for v in jax.tree.leaves(zeros))
 
 
+@pytest.mark.slow
 def test_interleaved_views_equal_consecutive_single_view_calls(detcon_case):
     """``num_views=2`` on an interleaved batch == the official two consecutive calls: outputs,
     chained moving averages (from a non-zero counter), counters and gradients, to the

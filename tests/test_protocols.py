@@ -29,6 +29,7 @@ def test_step_schedule_drops_tenfold_at_70_and_90_percent():
     assert isinstance(opt, optax.GradientTransformation)
 
 
+@pytest.mark.slow
 def test_voc_protocol_counts_every_native_label_pixel(voc, tmp_path):  # noqa: F811
     root, labels = voc
     out = tmp_path / "voc.json"
@@ -54,6 +55,7 @@ def test_explicit_flags_win_over_the_protocol(voc, tmp_path, capsys):  # noqa: F
     assert "--protocol=voc" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_default_frame_scores_mixed_size_labels_natively(voc, tmp_path):  # noqa: F811
     """Without a protocol: the probe on VOC's mixed image sizes, frame inferred (36 x 44)."""
     root, labels = voc

@@ -111,6 +111,7 @@ saver.wait()
 """
 
 
+@pytest.mark.slow
 def test_interrupted_save_in_a_bucket_is_ignored_and_redone(bucket_dir):
     directory = f"{bucket_dir}/checkpoints"
     run = subprocess.run([sys.executable, "-c", _INTERRUPTED_SAVE, directory], cwd=REPO,
@@ -334,6 +335,7 @@ def _error_line(run: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, args", [
     ("detcon_jax.convert", ["haiku-to-orbax", "--input=x.npy", "--output=URI"]),
     ("detcon_jax.convert", ["to-torchvision", "--input=URI", "--output=x.npz"]),

@@ -124,6 +124,7 @@ def test_a_bucket_workdir_killed_during_a_save_and_resumed_equals_a_local_run(gc
     assert sorted(os.listdir(tmp_path)) == ["local", "tensorboard"]
 
 
+@pytest.mark.slow
 def test_train_with_a_missing_bucket_is_one_line_and_exit_2(gcs, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "detcon_jax.train", f"--config={SMOKE}",

@@ -73,6 +73,7 @@ def eight_device_run(tmp_path_factory) -> pathlib.Path:
     return out
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(single_device_run, eight_device_run):
     _assert_same_run(eight_device_run, single_device_run)
 

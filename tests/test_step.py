@@ -118,6 +118,7 @@ def test_online_and_target_start_from_different_keys(detcon_b):
     assert any(not np.array_equal(a, b) for a, b in zip(online, target, strict=True))
 
 
+@pytest.mark.slow
 def test_one_step_update_order_and_bookkeeping(detcon_b):
     config, schedules, state, train_step = detcon_b
     batch = _batch(np.arange(8) % 10)
@@ -210,6 +211,7 @@ def test_probe_ignores_unlabelled_examples(detcon_b):
     assert float(labelled["classif_loss"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["detcon_s"])
 def test_one_network_methods_have_no_target(method):
     _, _, state, train_step = _setup(method)
@@ -220,6 +222,7 @@ def test_one_network_methods_have_no_target(method):
     assert np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow
 def test_byol_one_whole_image_mask():
     """BYOL pools each view over one mask, the whole image, whatever the segmentation says;
     its loss is `byol_loss` of the online predictions and target projections of the

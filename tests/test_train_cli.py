@@ -40,6 +40,7 @@ from cli_helpers import (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, devices, key", [
     (("--config.model.dpeth=3",), None, "dpeth"),
     (("--config.batch_size=12",), 8, "batch_size"),

@@ -91,6 +91,7 @@ def test_an_encoder_of_another_architecture_is_named(tmp_path):
     assert "shape" in text or "another architecture" in text, text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["missing", "not_an_encoder"])
 def test_bad_init_checkpoint_is_one_line_and_exit_2(which, tmp_path):
     source = tmp_path / which
