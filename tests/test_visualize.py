@@ -116,3 +116,79 @@ def test_loss_grid_marks_sampled_ids_by_whether_the_other_view_drew_them():
     picture = mask_pictures.with_header(rows, mask_pictures.LOSS_PANEL_COLUMNS,
                                         legend=mask_pictures.LOSS_PANEL_LEGEND)
     assert picture.shape[1:] == (6 * tile, 3) and picture.shape[0] > tile
+
+
+def _learned_smoke_config(seed=0):
+    from conftest import smoke_config
+
+    from detcon_jax import config as config_lib
+
+    config = smoke_config()
+    config.seed = seed
+    config.masks.source = "learned"
+    # Views at 32 px; the covering window at 96 px, block group 3: a 6 x 6 grid to cluster.
+    config.masks.learned.image_size = 96
+    config.masks.learned.layer = 3
+    config.masks.learned.num_clusters = 4
+    config.masks.learned.iterations = 3
+    config.masks.learned.bootstrap_source = "grid"
+    config_lib.validate(config)
+    return config
+
+
+@pytest.mark.slow  # ~80 s on the shared CI machine: three model inits and four compiles
+def test_learned_masks_drawn_from_a_checkpoint_are_the_steps_clusters(tmp_path):
+    import jax
+
+    from detcon_jax import checkpoint as ckpt_lib
+    from detcon_jax import config as config_lib
+    from detcon_jax import discovery, learned_masks
+    from detcon_jax import step as step_lib
+
+    config = _learned_smoke_config(seed=0)
+    # A checkpoint that is not the config's initial state: another seed, step 7 (still in
+    # the bootstrap phase, whose masks the picture does not show).
+    saved = discovery.initial_state(_learned_smoke_config(seed=1)).replace(step=7)
+    checkpointer = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", keep=1,
+                                         signature=config_lib.model_signature(config))
+    checkpointer.save(7, saved, data_position=0)
+    checkpointer.close()
+    size, tile, n = 32, 96, 2
+    path = visualize.visualize(tmp_path / "grid.png", config, num_images=n, tile=tile,
+                               checkpoint=str(tmp_path / "run"))
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    assert grid.shape[1] == len(visualize.LEARNED_COLUMNS) * tile
+    tiles = _tiles(grid, tile, n)
+
+    # The step's own clustering of the same covering windows with the checkpoint's target
+    # network and the key of its step.
+    ds = data_lib.source_dataset(config.data, config.masks, stats=data_lib.PipelineStats())
+    crops = [data_lib.two_views(ex["image"], ex["mask"], image_size=size, cover_size=96,
+                                seed=tf.constant([0, r], tf.int64))
+             for r, ex in enumerate(ds.take(n))]
+    covers = np.stack([c["cover"].numpy() for c in crops])
+    variables = {"params": saved.target_params, "batch_stats": saved.target_batch_stats}
+    key = jax.random.fold_in(jax.random.fold_in(saved.rng, 7), learned_masks.KMEANS_SALT)
+    ids = np.asarray(learned_masks.cluster_cover(config, step_lib.make_network(config),
+                                                 variables, key, covers))
+    fresh = discovery.cluster_maps(config, discovery.initial_state(config), covers)
+    assert not np.array_equal(ids, fresh)  # the checkpoint's state, not a new run's
+    for r in range(n):
+        expected = mask_pictures.fit(mask_pictures.overlay(
+            covers[r], discovery.upsample_ids(ids[r], 96, 96)), tile)
+        np.testing.assert_array_equal(tiles[r, 1], expected)
+        # View 1's mask is the cluster map carried into it (not the bootstrap grid).
+        carried = np.asarray(learned_masks.carry_into_view(
+            ids[r:r + 1], crops[r]["cover_box1"].numpy()[None],
+            crops[r]["cover_flip1"].numpy()[None], size))[0, ..., 0]
+        borders = find_boundaries(np.kron(carried, np.ones((3, 3), int)), mode="inner")
+        assert borders.any()
+        assert (tiles[r, 3][borders] == 255).all()
+
+
+def test_checkpoint_of_a_non_learned_config_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        visualize.main(["--source=synthetic", "--mask_source=fh", "--checkpoint=/tmp/x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only masks.source='learned' reads a checkpoint" in err[0], err
