@@ -31,14 +31,13 @@ import dataclasses
 import datetime
 import os
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from detcon_jax.reproduce.budgets import Budget, Method
-from detcon_jax.reproduce.common import ReproduceError, duration, log, write_json
+from detcon_jax.reproduce.common import ReproduceError, duration, log, mean_std, write_json
 from detcon_jax.reproduce.evaluation import evaluate
 from detcon_jax.reproduce.report import heading, machine
 from detcon_jax.reproduce.training import run_training
@@ -69,11 +68,6 @@ def cell_method(budget: Budget, row: str, masks: str) -> Method:
     paper = paper_fh if masks == "fh" else paper_gt
     return Method(f"{row}_{masks}", f"{label} ({masks.upper()} masks)", "detcon_b", masks,
                   f"review: {paper}", overrides=tuple(overrides))
-
-
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-    return {"values": list(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None}
 
 
 def render_ablation(results: Mapping[str, Any]) -> str:
@@ -144,7 +138,7 @@ def run_ablation(budget: Budget, *, camvid: str, camvid_train: str, out: str,
             cells[method.name] = {"row": row, "masks": masks, "label": method.label,
                                   "overrides": dict(method.overrides), "runs": runs,
                                   "review": method.paper,
-                                  "miou": _summary([r["miou"] for r in runs])}
+                                  "miou": mean_std([r["miou"] for r in runs])}
     results = {
         "table": "ablation", "budget": budget.name, "seeds": list(seeds),
         "budget_settings": dataclasses.asdict(budget), "group_size": group_size(budget),
