@@ -118,13 +118,12 @@ def test_loss_grid_marks_sampled_ids_by_whether_the_other_view_drew_them():
     assert picture.shape[1:] == (6 * tile, 3) and picture.shape[0] > tile
 
 
-def _learned_smoke_config(seed=0):
+def _learned_smoke_config():
     from conftest import smoke_config
 
     from detcon_jax import config as config_lib
 
     config = smoke_config()
-    config.seed = seed
     config.masks.source = "learned"
     # Views at 32 px; the covering window at 96 px, block group 3: a 6 x 6 grid to cluster.
     config.masks.learned.image_size = 96
@@ -136,8 +135,9 @@ def _learned_smoke_config(seed=0):
     return config
 
 
-@pytest.mark.slow  # ~80 s on the shared CI machine: three model inits and four compiles
 def test_learned_masks_drawn_from_a_checkpoint_are_the_steps_clusters(tmp_path):
+    import functools
+
     import jax
 
     from detcon_jax import checkpoint as ckpt_lib
@@ -145,10 +145,12 @@ def test_learned_masks_drawn_from_a_checkpoint_are_the_steps_clusters(tmp_path):
     from detcon_jax import discovery, learned_masks
     from detcon_jax import step as step_lib
 
-    config = _learned_smoke_config(seed=0)
-    # A checkpoint that is not the config's initial state: another seed, step 7 (still in
-    # the bootstrap phase, whose masks the picture does not show).
-    saved = discovery.initial_state(_learned_smoke_config(seed=1)).replace(step=7)
+    config = _learned_smoke_config()
+    fresh = discovery.initial_state(config)
+    # A checkpoint that is not the config's initial state: step 7 (still in the bootstrap
+    # phase, whose masks the picture does not show) and another target network.
+    saved = fresh.replace(step=7, target_params=fresh.online_params,
+                          target_batch_stats=fresh.online_batch_stats)
     checkpointer = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", keep=1,
                                          signature=config_lib.model_signature(config))
     checkpointer.save(7, saved, data_position=0)
@@ -167,23 +169,30 @@ def test_learned_masks_drawn_from_a_checkpoint_are_the_steps_clusters(tmp_path):
                                 seed=tf.constant([0, r], tf.int64))
              for r, ex in enumerate(ds.take(n))]
     covers = np.stack([c["cover"].numpy() for c in crops])
-    variables = {"params": saved.target_params, "batch_stats": saved.target_batch_stats}
-    key = jax.random.fold_in(jax.random.fold_in(saved.rng, 7), learned_masks.KMEANS_SALT)
-    ids = np.asarray(learned_masks.cluster_cover(config, step_lib.make_network(config),
-                                                 variables, key, covers))
-    fresh = discovery.cluster_maps(config, discovery.initial_state(config), covers)
-    assert not np.array_equal(ids, fresh)  # the checkpoint's state, not a new run's
+    cluster = jax.jit(functools.partial(learned_masks.cluster_cover, config,
+                                        step_lib.make_network(config)))
+
+    def clusters(params, stats, step):
+        key = jax.random.fold_in(jax.random.fold_in(saved.rng, step), learned_masks.KMEANS_SALT)
+        return np.asarray(cluster({"params": params, "batch_stats": stats}, key, covers))
+
+    ids = clusters(saved.target_params, saved.target_batch_stats, 7)
+    # The checkpoint's state, not a new run's.
+    assert not np.array_equal(ids, clusters(fresh.target_params, fresh.target_batch_stats, 0))
+    drawn_borders = 0
     for r in range(n):
         expected = mask_pictures.fit(mask_pictures.overlay(
             covers[r], discovery.upsample_ids(ids[r], 96, 96)), tile)
         np.testing.assert_array_equal(tiles[r, 1], expected)
-        # View 1's mask is the cluster map carried into it (not the bootstrap grid).
-        carried = np.asarray(learned_masks.carry_into_view(
-            ids[r:r + 1], crops[r]["cover_box1"].numpy()[None],
-            crops[r]["cover_flip1"].numpy()[None], size))[0, ..., 0]
-        borders = find_boundaries(np.kron(carried, np.ones((3, 3), int)), mode="inner")
-        assert borders.any()
-        assert (tiles[r, 3][borders] == 255).all()
+        # Each view's mask is the cluster map carried into it (not the bootstrap grid).
+        for v, column in ((1, 3), (2, 6)):
+            carried = np.asarray(learned_masks.carry_into_view(
+                ids[r:r + 1], crops[r][f"cover_box{v}"].numpy()[None],
+                crops[r][f"cover_flip{v}"].numpy()[None], size))[0, ..., 0]
+            borders = find_boundaries(np.kron(carried, np.ones((3, 3), int)), mode="inner")
+            assert (tiles[r, column][borders] == 255).all()
+            drawn_borders += borders.sum()
+    assert drawn_borders > 0
 
 
 def test_checkpoint_of_a_non_learned_config_is_one_line(capsys):
