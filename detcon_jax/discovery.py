@@ -9,6 +9,7 @@ checkpoint it is the config's initial state (a random discovery network, step 0)
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import jax
@@ -19,7 +20,8 @@ from detcon_jax import config as config_lib
 from detcon_jax import learned_masks, paths
 from detcon_jax import step as step_lib
 
-__all__ = ["cluster_maps", "initial_state", "restore_state", "upsample_ids"]
+__all__ = ["add_checkpoint_flags", "cluster_maps", "initial_state", "load_state", "restore_state",
+           "upsample_ids"]
 
 
 def _create(config: Any) -> step_lib.TrainState:
@@ -61,6 +63,25 @@ def restore_state(config: Any, workdir: str, *, step: int | None = None
     finally:
         checkpointer.close()
     return state
+
+
+def load_state(config: Any, checkpoint: str | None = None, *, step: int | None = None
+               ) -> step_lib.TrainState:
+    """`restore_state` of the workdir ``checkpoint``, or `initial_state` when it is None."""
+    if checkpoint is None:
+        return initial_state(config)
+    return restore_state(config, checkpoint, step=step)
+
+
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` (a training run's workdir) and ``--step`` of a tool that reads a
+    discovery network (for `load_state`)."""
+    parser.add_argument("--checkpoint", default=None,
+                        help="masks.source='learned': the training run's workdir whose "
+                             "discovery network makes the masks (give its --config too; "
+                             "default: the config's initial, random network)")
+    parser.add_argument("--step", type=int, default=None,
+                        help="--checkpoint's step (default: the newest)")
 
 
 def cluster_maps(config: Any, state: step_lib.TrainState, images: Any) -> np.ndarray:

@@ -158,11 +158,7 @@ def _parser() -> argparse.ArgumentParser:
                              "settings to measure")
     parser.add_argument("--data_dir", required=True,
                         help="a CamVid-layout folder: images/ and labels/ (e.g. CAMVID/train)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="learned: the training run's workdir (default: the config's "
-                             "initial, random discovery network)")
-    parser.add_argument("--step", type=int, default=None,
-                        help="--checkpoint's step (default: the newest)")
+    discovery.add_checkpoint_flags(parser)
     parser.add_argument("--sources", default=None,
                         help="comma-separated subset of learned,fh,grid (default: all three "
                              "for a masks.source='learned' config, else fh,grid)")
@@ -209,8 +205,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Mapping[str, Any]]:
         config, sources, void_ids = _check(args)
         state = None
         if "learned" in sources:
-            state = (discovery.initial_state(config) if args.checkpoint is None else
-                     discovery.restore_state(config, args.checkpoint, step=args.step))
+            state = discovery.load_state(config, args.checkpoint, step=args.step)
         images = labelled_images(config, max_images=args.max_images)
         if not images:
             raise config_lib.ConfigError(f"--data_dir={args.data_dir}: no images")

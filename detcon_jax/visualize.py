@@ -128,8 +128,7 @@ def visualize(output: str | os.PathLike, config: Any, *, num_images: int = 4,
     """
     state = None
     if config.masks.source == "learned":
-        state = (discovery.initial_state(config) if checkpoint is None else
-                 discovery.restore_state(config, checkpoint, step=step))
+        state = discovery.load_state(config, checkpoint, step=step)
     ds = data_lib.source_dataset(config.data, config.masks, stats=data_lib.PipelineStats(),
                                  seed=seed)
     examples = [{k: v.numpy() for k, v in ex.items()} for ex in ds.take(num_images)]
@@ -188,12 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_images", type=int, default=4)
     parser.add_argument("--tile", type=int, default=224, help="panel side in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint", default=None,
-                        help="masks.source='learned': the training run's workdir whose "
-                             "discovery network makes the masks (give its --config too; "
-                             "default: the config's initial, random network)")
-    parser.add_argument("--step", type=int, default=None,
-                        help="--checkpoint's step (default: the newest)")
+    discovery.add_checkpoint_flags(parser)
     return parser
 
 

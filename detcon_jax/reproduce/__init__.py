@@ -88,8 +88,8 @@ Modules (imports run one way, ``cli`` down to ``common``): ``budgets`` (methods,
 their pretraining configs), ``pretrain_config`` (the config file of the train subprocesses),
 ``training`` (pretraining subprocesses, the random-init checkpoint), ``data`` (the CamVid
 check, the CIFAR-10 subset), ``evaluation`` (the probes), ``claims`` (the paper's claims on
-our numbers), ``report`` (``results.md`` and plots), ``ablation`` (``--table=ablation``), ``learned``
-(``--table=learned``), ``cli``.
+our numbers), ``report`` (``results.md`` and plots), ``ablation`` (``--table=ablation``),
+``learned`` (``--table=learned``), ``cli``.
 """
 
 from detcon_jax.reproduce.ablation import cell_method, render_ablation

@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from detcon_jax.reproduce.ablation import cell_method as ablation_cell
+from detcon_jax.reproduce.ablation import pretrain_and_probe
 from detcon_jax.reproduce.budgets import PROBE_TITLES, PROBES, Budget, Method
 from detcon_jax.reproduce.common import (
     ReproduceError,
@@ -49,10 +50,10 @@ from detcon_jax.reproduce.common import (
     mean_std,
     read_json,
     write_json,
+    write_table,
 )
-from detcon_jax.reproduce.evaluation import evaluate
 from detcon_jax.reproduce.report import heading, machine
-from detcon_jax.reproduce.training import load_config, run_training
+from detcon_jax.reproduce.training import load_config
 
 CELLS = ("learned", "fh", "grid", "gt")
 LABELS = {"learned": "learned masks", "fh": "FH masks", "grid": "grid masks", "gt": "GT masks"}
@@ -117,8 +118,7 @@ def learned_agreement(budget: Budget, method: Method, camvid_train: str, workdir
     for step in [0, *ckpt_lib.complete_steps(os.path.join(workdir, "checkpoints"))]:
         if str(step) in cache["steps"]:
             continue
-        state = (discovery.initial_state(config) if step == 0 else
-                 discovery.restore_state(config, workdir, step=step))
+        state = discovery.load_state(config, None if step == 0 else workdir, step=step)
         result = mask_agreement.agreement(config, ["learned"], images(config), state=state,
                                           void_ids=VOID_IDS)["learned"]
         cache["steps"][str(step)] = result
@@ -249,11 +249,9 @@ def run_learned(budget: Budget, *, camvid: str, camvid_train: str, cifar_dir: st
         method = cell_method(budget, masks)
         runs = []
         for seed in seeds:
-            seeded = dataclasses.replace(budget, pretrain_seed=seed)
-            workdir = os.path.join(out, f"seed{seed}", method.name)
-            info = run_training(seeded, method, camvid_train, workdir)
-            result = evaluate(seeded, method, workdir, budget.num_steps, cifar_dir, camvid,
-                              probe_seed)
+            seeded, workdir, info, result = pretrain_and_probe(
+                budget, method, seed, out=out, camvid=camvid, camvid_train=camvid_train,
+                cifar_dir=cifar_dir, probe_seed=probe_seed)
             run = {"seed": seed, "workdir": workdir, "train_command": info["command"],
                    "linear": result["linear"]["top1"], "knn": result["knn"]["top1"],
                    "segmentation": result["segmentation"]["miou"]}
@@ -289,9 +287,5 @@ def run_learned(budget: Budget, *, camvid: str, camvid_train: str, cifar_dir: st
         "wall_time_s": time.perf_counter() - start,
     }
     results["plot"] = plot_agreement(results, out)
-    write_json(os.path.join(out, "learned.json"), results)
-    with open(os.path.join(out, "learned.md"), "w") as f:
-        f.write(render_learned(results))
-    log(f"learned table done in {duration(results['wall_time_s'])}: "
-        f"{os.path.join(out, 'learned.md')}")
+    write_table(out, "learned", results, render_learned(results))
     return results
