@@ -94,12 +94,6 @@ def cell_method(budget: Budget, masks: str) -> Method:
     raise ValueError(f"masks must be one of {CELLS}, got {masks!r}")
 
 
-def _agreement_images(budget: Budget, camvid_train: str, config: Any) -> list:
-    from detcon_jax import mask_agreement
-
-    return mask_agreement.labelled_images(config, max_images=AGREEMENT_IMAGES.get(budget.name))
-
-
 def learned_agreement(budget: Budget, method: Method, camvid_train: str, workdir: str,
                       images: Any) -> dict[str, dict[str, Any]]:
     """``step -> mask_agreement.summarize`` of the learned masks at step 0 (the run's initial
@@ -239,8 +233,11 @@ def run_learned(budget: Budget, *, camvid: str, camvid_train: str, cifar_dir: st
     loaded: list[Any] = []
 
     def images(config: Any) -> list:
-        if not loaded:  # the same images for every source and step: read once
-            loaded.append(_agreement_images(budget, camvid_train, config))
+        if not loaded:  # the same images (config.data: CamVid train) for every source and step
+            from detcon_jax import mask_agreement
+
+            loaded.append(mask_agreement.labelled_images(
+                config, max_images=AGREEMENT_IMAGES.get(budget.name)))
         return loaded[0]
 
     cells: dict[str, dict[str, Any]] = {}
