@@ -34,6 +34,7 @@ __all__ = [
     "StepInputs",
     "TrainState",
     "create_train_state",
+    "discovery_variables",
     "init_keys",
     "make_network",
     "make_optimizer",
@@ -181,7 +182,7 @@ def create_train_state(config: Any, rng: jax.Array, *,
     )
 
 
-def _discovery_variables(config: Any, state: TrainState) -> dict[str, Any]:
+def discovery_variables(config: Any, state: TrainState) -> dict[str, Any]:
     """The variables of the learned masks' discovery network (``masks.learned.network``)."""
     network = config.masks.learned.network
     if network == "target":
@@ -311,7 +312,7 @@ def _with_learned_masks(config: Any, discovery_network: Any, state: TrainState |
     if state is None:
         raise ValueError("masks.source='learned' needs the training state to draw its masks")
     return learned_masks.with_learned_masks(
-        config, discovery_network, _discovery_variables(config, state), rng, state.step, batch)
+        config, discovery_network, discovery_variables(config, state), rng, state.step, batch)
 
 
 def make_loss_inputs(config: Any, *, num_images: int

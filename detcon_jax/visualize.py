@@ -16,6 +16,17 @@ which of them the other view drew too). A mask id has the same colour in every p
 
 ``--config=FILE.py[:ARG]`` (a training config, as ``train --config``) takes the data, mask
 and augmentation settings from it; the flags given beside it override them.
+
+Learned masks (``masks.source='learned'``, docs/learned_masks.md) come from a training run's
+discovery network: ``--checkpoint=WORKDIR`` (with the run's ``--config``; ``--step``, default
+the newest) restores its state, and the views' masks are the cluster maps the train step at
+that state computes (same network, block group, k-means settings and key), carried into each
+view; the second column is then the covering window with its cluster map. They are drawn
+even for a state still in the bootstrap phase (whose step trains on the bootstrap masks).
+Without ``--checkpoint`` the state is the config's initial one: a random discovery network.
+
+  python -m detcon_jax.visualize --config=experiments/detcon_b_camvid.py:learned \
+      --data_dir=../shared/data/camvid/train --checkpoint=/tmp/detcon_camvid_learned
 """
 
 from __future__ import annotations
@@ -32,14 +43,16 @@ import tensorflow as tf
 from PIL import Image
 
 from detcon_jax import config as config_lib
-from detcon_jax import configs, mask_pictures, paths
+from detcon_jax import configs, discovery, mask_pictures, paths
 from detcon_jax import data as data_lib
 from detcon_jax import step as step_lib
 from detcon_jax.configs import loading
 
-__all__ = ["COLUMNS", "main", "render_rows", "visualize"]
+__all__ = ["COLUMNS", "LEARNED_COLUMNS", "main", "render_rows", "visualize"]
 
 COLUMNS = ("image", "image + mask", *mask_pictures.LOSS_PANEL_COLUMNS)
+# masks.source='learned': the second column is the discovery network's input and clusters.
+LEARNED_COLUMNS = ("image", "cover + clusters", *mask_pictures.LOSS_PANEL_COLUMNS)
 EXIT_CONFIG_ERROR = 2
 # Flag -> config key; a flag left unset keeps the config's value.
 _FLAG_KEYS = {
@@ -52,49 +65,76 @@ _FLAG_KEYS = {
 
 
 def render_rows(examples: Sequence[dict], config: Any, *, tile: int = 224,
-                seed: int = 0) -> np.ndarray:
+                seed: int = 0, state: step_lib.TrainState | None = None) -> np.ndarray:
     """Renders examples (``image`` bytes/uint8, ``mask`` uint8 ``[H, W, 1]``) as a grid.
 
     The views are cropped as in training (``data.two_views``) and augmented, masked and
     sampled by the train step's own function (`step.make_loss_inputs`) with the settings of
-    ``config`` (a training config: ``data.image_size``, ``masks``, ``augment``). Returns
-    uint8 ``[header + N * tile, len(COLUMNS) * tile, 3]``.
+    ``config`` (a training config: ``data.image_size``, ``masks``, ``augment``). For
+    ``masks.source='learned'``, ``state`` (required) is the training state whose discovery
+    network makes the masks (see the module docstring), with its own step key. Returns uint8
+    ``[header + N * tile, len(COLUMNS) * tile, 3]``.
     """
     size = config.data.image_size
-    images, batch = [], {k: [] for k in ("view1", "view2", "mask1", "mask2")}
+    learned = config.masks.source == "learned"
+    if learned and state is None:
+        raise ValueError("render_rows: masks.source='learned' needs the training state")
+    cover_size = config.masks.learned.image_size if learned else None
+    keys = ("view1", "view2", "mask1", "mask2") + (
+        ("cover", "cover_box1", "cover_box2", "cover_flip1", "cover_flip2") if learned else ())
+    images, batch = [], {k: [] for k in keys}
     for r, ex in enumerate(examples):
         images.append(data_lib.decode_image(ex["image"]).numpy())
-        views = data_lib.two_views(images[-1], ex["mask"], image_size=size,
+        views = data_lib.two_views(images[-1], ex["mask"], image_size=size, cover_size=cover_size,
                                    seed=tf.constant([seed, r], tf.int64))
         for key in batch:
             batch[key].append(views[key].numpy())
     batch = {k: np.stack(v) for k, v in batch.items()}
+    if learned:
+        # The learned masks themselves, also in a state still in the bootstrap phase.
+        config = config.copy_and_resolve_references()
+        config.masks.learned.bootstrap_steps = 0
+        key = step_lib.step_key(state)
+        clusters = discovery.cluster_maps(config, state, batch["cover"])
+    else:
+        key = jax.random.PRNGKey(seed)
     inputs = jax.device_get(jax.jit(step_lib.make_loss_inputs(config, num_images=len(images)))(
-        jax.random.PRNGKey(seed), batch))
+        key, batch, state))
     panel = mask_pictures.loss_panel(
         (inputs["view1"], inputs["view2"]), (inputs["mask1"], inputs["mask2"]),
         (inputs["cells1"], inputs["cells2"]), (inputs["ids1"], inputs["ids2"]), tile=tile)
     rows = []
-    for image, ex, loss_row in zip(images, examples, panel, strict=True):
-        mask = np.asarray(ex["mask"])[..., 0]
+    for r, (image, ex, loss_row) in enumerate(zip(images, examples, panel, strict=True)):
+        if learned:
+            cover = batch["cover"][r]
+            second = mask_pictures.overlay(
+                cover, discovery.upsample_ids(clusters[r], *cover.shape[:2]))
+        else:
+            second = mask_pictures.overlay(image / 255.0, np.asarray(ex["mask"])[..., 0])
         rows.append(np.concatenate([
-            mask_pictures.fit(image, tile),
-            mask_pictures.fit(mask_pictures.overlay(image / 255.0, mask), tile),
-            loss_row], axis=1))
-    return mask_pictures.with_header(np.stack(rows), COLUMNS,
+            mask_pictures.fit(image, tile), mask_pictures.fit(second, tile), loss_row], axis=1))
+    return mask_pictures.with_header(np.stack(rows), LEARNED_COLUMNS if learned else COLUMNS,
                                      legend=mask_pictures.LOSS_PANEL_LEGEND)
 
 
 def visualize(output: str | os.PathLike, config: Any, *, num_images: int = 4,
-              tile: int = 224, seed: int = 0) -> str:
+              tile: int = 224, seed: int = 0, checkpoint: str | None = None,
+              step: int | None = None) -> str:
     """Writes the PNG grid for the first ``num_images`` of ``config``'s data source (a
-    training config: ``data``, ``masks``, ``augment``); returns its path (local or a URI)."""
+    training config: ``data``, ``masks``, ``augment``); returns its path (local or a URI).
+
+    ``checkpoint``, ``step``: for ``masks.source='learned'``, the training run (workdir) and
+    step whose discovery network makes the masks (None: the config's initial state).
+    """
+    state = None
+    if config.masks.source == "learned":
+        state = discovery.load_state(config, checkpoint, step=step)
     ds = data_lib.source_dataset(config.data, config.masks, stats=data_lib.PipelineStats(),
                                  seed=seed)
     examples = [{k: v.numpy() for k, v in ex.items()} for ex in ds.take(num_images)]
     if not examples:
         raise ValueError(f"source {config.data.source!r} yielded no images")
-    grid = render_rows(examples, config, tile=tile, seed=seed)
+    grid = render_rows(examples, config, tile=tile, seed=seed, state=state)
     path = paths.as_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
@@ -147,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_images", type=int, default=4)
     parser.add_argument("--tile", type=int, default=224, help="panel side in pixels")
     parser.add_argument("--seed", type=int, default=0)
+    discovery.add_checkpoint_flags(parser)
     return parser
 
 
@@ -165,10 +206,11 @@ def build_config(args: argparse.Namespace) -> Any:
     overrides = {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items()
                  if getattr(args, flag) is not None}
     loading.apply_overrides(config, overrides)
-    if config.masks.source == "learned":
+    if (args.checkpoint is not None or args.step is not None) and \
+            config.masks.source != "learned":
         raise config_lib.ConfigError(
-            "masks.source='learned': learned masks come from a training run's network; see "
-            "them in its TensorBoard images (masks/what_the_loss_sees)")
+            f"--checkpoint/--step: only masks.source='learned' reads a checkpoint (its "
+            f"discovery network); this config's masks.source is {config.masks.source!r}")
     if not args.config and config.masks.source == "none":
         config.method = "byol"  # the one-mask method of the base config's family
     if config.data.path:
@@ -188,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     try:
         config = build_config(args)
         path = visualize(args.output, config, num_images=args.num_images, tile=args.tile,
-                         seed=args.seed)
+                         seed=args.seed, checkpoint=args.checkpoint, step=args.step)
     except (config_lib.ConfigError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)

@@ -10,6 +10,7 @@ from test_reproduce import _run, tiny_data  # noqa: F401  (the symlinked CamVid 
 
 from detcon_jax import reproduce
 from detcon_jax.reproduce import ablation
+from detcon_jax.reproduce.common import mean_std
 
 
 @pytest.mark.parametrize("row", sorted(ablation.ROWS))
@@ -30,7 +31,7 @@ def _results(values):
     for i, row in enumerate(ablation.ROWS):
         for j, masks in enumerate(ablation.MASKS):
             runs = [v + i + 10 * j for v in values]
-            cells[f"{row}_{masks}"] = {"miou": ablation._summary(runs)}
+            cells[f"{row}_{masks}"] = {"miou": mean_std(runs)}
     return {"budget": "tiny", "seeds": list(range(len(values))), "command": "c", "date": "d",
             "machine": "m", "wall_time_s": 1.0, "segmentation_split": "val", "group_size": 1,
             "batch_size": 4, "cells": cells}

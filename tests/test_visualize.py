@@ -116,3 +116,88 @@ def test_loss_grid_marks_sampled_ids_by_whether_the_other_view_drew_them():
     picture = mask_pictures.with_header(rows, mask_pictures.LOSS_PANEL_COLUMNS,
                                         legend=mask_pictures.LOSS_PANEL_LEGEND)
     assert picture.shape[1:] == (6 * tile, 3) and picture.shape[0] > tile
+
+
+def _learned_smoke_config():
+    from conftest import smoke_config
+
+    from detcon_jax import config as config_lib
+
+    config = smoke_config()
+    config.masks.source = "learned"
+    # Views at 32 px; the covering window at 96 px, block group 3: a 6 x 6 grid to cluster.
+    config.masks.learned.image_size = 96
+    config.masks.learned.layer = 3
+    config.masks.learned.num_clusters = 4
+    config.masks.learned.iterations = 3
+    config.masks.learned.bootstrap_source = "grid"
+    config_lib.validate(config)
+    return config
+
+
+def test_learned_masks_drawn_from_a_checkpoint_are_the_steps_clusters(tmp_path):
+    import functools
+
+    import jax
+
+    from detcon_jax import checkpoint as ckpt_lib
+    from detcon_jax import config as config_lib
+    from detcon_jax import discovery, learned_masks
+    from detcon_jax import step as step_lib
+
+    config = _learned_smoke_config()
+    fresh = discovery.initial_state(config)
+    # A checkpoint that is not the config's initial state: step 7 (still in the bootstrap
+    # phase, whose masks the picture does not show) and another target network.
+    saved = fresh.replace(step=7, target_params=fresh.online_params,
+                          target_batch_stats=fresh.online_batch_stats)
+    checkpointer = ckpt_lib.Checkpointer(tmp_path / "run" / "checkpoints", keep=1,
+                                         signature=config_lib.model_signature(config))
+    checkpointer.save(7, saved, data_position=0)
+    checkpointer.close()
+    size, tile, n = 32, 96, 2
+    path = visualize.visualize(tmp_path / "grid.png", config, num_images=n, tile=tile,
+                               checkpoint=str(tmp_path / "run"))
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    assert grid.shape[1] == len(visualize.LEARNED_COLUMNS) * tile
+    tiles = _tiles(grid, tile, n)
+
+    # The step's own clustering of the same covering windows with the checkpoint's target
+    # network and the key of its step.
+    ds = data_lib.source_dataset(config.data, config.masks, stats=data_lib.PipelineStats())
+    crops = [data_lib.two_views(ex["image"], ex["mask"], image_size=size, cover_size=96,
+                                seed=tf.constant([0, r], tf.int64))
+             for r, ex in enumerate(ds.take(n))]
+    covers = np.stack([c["cover"].numpy() for c in crops])
+    cluster = jax.jit(functools.partial(learned_masks.cluster_cover, config,
+                                        step_lib.make_network(config)))
+
+    def clusters(params, stats, step):
+        key = jax.random.fold_in(jax.random.fold_in(saved.rng, step), learned_masks.KMEANS_SALT)
+        return np.asarray(cluster({"params": params, "batch_stats": stats}, key, covers))
+
+    ids = clusters(saved.target_params, saved.target_batch_stats, 7)
+    # The checkpoint's state, not a new run's.
+    assert not np.array_equal(ids, clusters(fresh.target_params, fresh.target_batch_stats, 0))
+    drawn_borders = 0
+    for r in range(n):
+        expected = mask_pictures.fit(mask_pictures.overlay(
+            covers[r], discovery.upsample_ids(ids[r], 96, 96)), tile)
+        np.testing.assert_array_equal(tiles[r, 1], expected)
+        # Each view's mask is the cluster map carried into it (not the bootstrap grid).
+        for v, column in ((1, 3), (2, 6)):
+            carried = np.asarray(learned_masks.carry_into_view(
+                ids[r:r + 1], crops[r][f"cover_box{v}"].numpy()[None],
+                crops[r][f"cover_flip{v}"].numpy()[None], size))[0, ..., 0]
+            borders = find_boundaries(np.kron(carried, np.ones((3, 3), int)), mode="inner")
+            assert (tiles[r, column][borders] == 255).all()
+            drawn_borders += borders.sum()
+    assert drawn_borders > 0
+
+
+def test_checkpoint_of_a_non_learned_config_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        visualize.main(["--source=synthetic", "--mask_source=fh", "--checkpoint=/tmp/x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only masks.source='learned' reads a checkpoint" in err[0], err

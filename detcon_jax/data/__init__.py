@@ -22,7 +22,13 @@ from detcon_jax.data import segmentation_sets, sources
 from detcon_jax.data.decode import decode_id_png, decode_image, decode_label_png, image_shape
 from detcon_jax.data.evaluation import make_eval_dataset, make_segmentation_dataset, pad_batch
 from detcon_jax.data.framing import PipelineStats, is_valid_encoded_image, num_skipped
-from detcon_jax.data.geometry import center_crop_window, one_view, random_crop_window, two_views
+from detcon_jax.data.geometry import (
+    center_crop_window,
+    one_view,
+    random_crop_window,
+    two_views,
+    whole_image,
+)
 from detcon_jax.data.mask_sources import (
     MASK_SOURCES,
     felzenszwalb_numpy,
@@ -77,4 +83,5 @@ __all__ = [
     "synthetic_images",
     "tfds_mask",
     "two_views",
+    "whole_image",
 ]

@@ -251,6 +251,13 @@ def _cover(pixels: tf.Tensor, origin: tf.Tensor, windows: tf.Tensor, flips: tf.T
             "cover_flip1": tf.cast(flips[0], tf.int32), "cover_flip2": tf.cast(flips[1], tf.int32)}
 
 
+def whole_image(pixels: tf.Tensor, size: int) -> tf.Tensor:
+    """A decoded uint8 ``[H, W, 3]`` image squashed to ``size`` x ``size``: float32 in [0, 1],
+    the bicubic resize of the views and of the covering window (``masks.source='learned'``)."""
+    shape = tf.shape(pixels)
+    return _resize_image(pixels, tf.stack([0, 0, shape[0], shape[1]]), tf.constant(False), size)
+
+
 def one_view(
     image_bytes: tf.Tensor,
     mask: tf.Tensor | None = None,

@@ -45,6 +45,12 @@ from its newest checkpoint), and probe results cached in ``OUT/NAME/eval.json`` 
 settings x FH / GT masks x ``--seeds``, CamVid probe only; ``reproduce/ablation.py``) and
 writes ``OUT/ablation.json`` and ``OUT/ablation.md``: the review's table with ours beside it.
 
+``--table=learned`` runs DetCon-B with learned masks (``masks.source='learned'``) beside FH,
+grid and GT masks x ``--seeds``, all three probes, and the learned masks' agreement with the
+GT masks at every checkpoint (``reproduce/learned.py``); its FH and GT cells are the
+ablation's ``detcon`` row (same workdirs), pretrained once for both tables with one ``--out``.
+Writes ``OUT/learned.json``, ``OUT/learned.md`` and ``OUT/learned_agreement.png``.
+
 Budgets (``--budget=NAME``; ``--budget=NAME,FIELD=VALUE,...`` changes any scalar field of
 `Budget`, e.g. ``small,image_size=128,num_steps=600``):
 
@@ -83,7 +89,7 @@ their pretraining configs), ``pretrain_config`` (the config file of the train su
 ``training`` (pretraining subprocesses, the random-init checkpoint), ``data`` (the CamVid
 check, the CIFAR-10 subset), ``evaluation`` (the probes), ``claims`` (the paper's claims on
 our numbers), ``report`` (``results.md`` and plots), ``ablation`` (``--table=ablation``),
-``cli``.
+``learned`` (``--table=learned``), ``cli``.
 """
 
 from detcon_jax.reproduce.ablation import cell_method, render_ablation
@@ -100,6 +106,7 @@ from detcon_jax.reproduce.budgets import (
 from detcon_jax.reproduce.claims import check_claims
 from detcon_jax.reproduce.cli import main, run
 from detcon_jax.reproduce.common import ReproduceError
+from detcon_jax.reproduce.learned import render_learned
 from detcon_jax.reproduce.report import render_markdown
 from detcon_jax.reproduce.training import (
     PRETRAIN_CONFIG,
@@ -126,6 +133,7 @@ __all__ = [
     "parse_budget",
     "pretrain_config",
     "render_ablation",
+    "render_learned",
     "render_markdown",
     "run",
     "train_command",

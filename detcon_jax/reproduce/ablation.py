@@ -31,14 +31,13 @@ import dataclasses
 import datetime
 import os
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from detcon_jax.reproduce.budgets import Budget, Method
-from detcon_jax.reproduce.common import ReproduceError, duration, log, write_json
+from detcon_jax.reproduce.budgets import PROBES, Budget, Method
+from detcon_jax.reproduce.common import ReproduceError, duration, log, mean_std, write_table
 from detcon_jax.reproduce.evaluation import evaluate
 from detcon_jax.reproduce.report import heading, machine
 from detcon_jax.reproduce.training import run_training
@@ -71,9 +70,19 @@ def cell_method(budget: Budget, row: str, masks: str) -> Method:
                   f"review: {paper}", overrides=tuple(overrides))
 
 
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-    return {"values": list(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None}
+def pretrain_and_probe(budget: Budget, method: Method, seed: int, *, out: str, camvid: str,
+                       camvid_train: str, cifar_dir: str | None, probe_seed: int,
+                       probes: Sequence[str] = PROBES
+                       ) -> tuple[Budget, str, dict[str, Any], dict[str, Any]]:
+    """One cell of a table over seeds: pretrains (or reuses) ``method`` with pretraining seed
+    ``seed`` in ``OUT/seed{seed}/{method.name}`` and runs (or reuses) its ``probes``; returns
+    (the seeded budget, the workdir, `run_training`'s bookkeeping, `evaluate`'s results)."""
+    seeded = dataclasses.replace(budget, pretrain_seed=seed)
+    workdir = os.path.join(out, f"seed{seed}", method.name)
+    info = run_training(seeded, method, camvid_train, workdir)
+    result = evaluate(seeded, method, workdir, budget.num_steps, cifar_dir, camvid, probe_seed,
+                      probes=probes)
+    return seeded, workdir, info, result
 
 
 def render_ablation(results: Mapping[str, Any]) -> str:
@@ -132,11 +141,9 @@ def run_ablation(budget: Budget, *, camvid: str, camvid_train: str, out: str,
             method = cell_method(budget, row, masks)
             runs = []
             for seed in seeds:
-                seeded = dataclasses.replace(budget, pretrain_seed=seed)
-                workdir = os.path.join(out, f"seed{seed}", method.name)
-                info = run_training(seeded, method, camvid_train, workdir)
-                result = evaluate(seeded, method, workdir, budget.num_steps, None, camvid,
-                                  probe_seed, probes=("segmentation",))
+                _, workdir, info, result = pretrain_and_probe(
+                    budget, method, seed, out=out, camvid=camvid, camvid_train=camvid_train,
+                    cifar_dir=None, probe_seed=probe_seed, probes=("segmentation",))
                 runs.append({"seed": seed, "workdir": workdir, "train_command": info["command"],
                              "miou": result["segmentation"]["miou"]})
                 log(f"ablation {method.name} seed {seed}: mIoU "
@@ -144,7 +151,7 @@ def run_ablation(budget: Budget, *, camvid: str, camvid_train: str, out: str,
             cells[method.name] = {"row": row, "masks": masks, "label": method.label,
                                   "overrides": dict(method.overrides), "runs": runs,
                                   "review": method.paper,
-                                  "miou": _summary([r["miou"] for r in runs])}
+                                  "miou": mean_std([r["miou"] for r in runs])}
     results = {
         "table": "ablation", "budget": budget.name, "seeds": list(seeds),
         "budget_settings": dataclasses.asdict(budget), "group_size": group_size(budget),
@@ -154,9 +161,5 @@ def run_ablation(budget: Budget, *, camvid: str, camvid_train: str, out: str,
         "machine": machine(), "cells": cells,
         "wall_time_s": time.perf_counter() - start,
     }
-    write_json(os.path.join(out, "ablation.json"), results)
-    with open(os.path.join(out, "ablation.md"), "w") as f:
-        f.write(render_ablation(results))
-    log(f"ablation done in {duration(results['wall_time_s'])}: "
-        f"{os.path.join(out, 'ablation.md')}")
+    write_table(out, "ablation", results, render_ablation(results))
     return results

@@ -22,6 +22,7 @@ from detcon_jax.reproduce.claims import check_claims
 from detcon_jax.reproduce.common import ReproduceError, duration, log, read_json, write_json
 from detcon_jax.reproduce.data import check_camvid, cifar_subset
 from detcon_jax.reproduce.evaluation import evaluate
+from detcon_jax.reproduce.learned import run_learned
 from detcon_jax.reproduce.report import final_loss, machine, plot, render_markdown, seed_runs
 from detcon_jax.reproduce.training import run_training, save_initial_state
 
@@ -36,12 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cifar10", default=None,
                         help="CIFAR-10 folder with train/CLASS/*.jpg and test/CLASS/*.jpg "
                              "(needed by --table=methods)")
-    parser.add_argument("--table", choices=("methods", "ablation"), default="methods",
+    parser.add_argument("--table", choices=("methods", "ablation", "learned"),
+                        default="methods",
                         help="methods: the six methods and random init, three probes; "
                              "ablation: DetCon-B's negatives / two-views ablation with FH "
-                             "and GT masks (CamVid probe; reproduce/ablation.py)")
+                             "and GT masks (CamVid probe; reproduce/ablation.py); learned: "
+                             "DetCon-B with learned / FH / grid / GT masks, three probes and "
+                             "the masks' agreement with GT over training (reproduce/learned.py)")
     parser.add_argument("--seeds", default="0,1,2",
-                        help="--table=ablation: comma-separated pretraining seeds")
+                        help="--table=ablation|learned: comma-separated pretraining seeds")
     parser.add_argument("--ablation_masks", default="fh,gt",
                         help="--table=ablation: the mask columns to run (fh, gt or both)")
     parser.add_argument("--out", required=True, help="output folder (re-run to resume)")
@@ -101,8 +105,9 @@ def _budget(args: argparse.Namespace) -> Budget:
         raise ReproduceError(f"--budget={args.budget}: {e}") from None
 
 
-def run_ablation_table(args: argparse.Namespace) -> dict[str, Any]:
-    """``--table=ablation`` for parsed ``args``; returns what ``OUT/ablation.json`` holds."""
+def _seeded_table(args: argparse.Namespace) -> tuple[Budget, list[int], str, str, str, str]:
+    """The checked arguments of a table over ``--seeds``: (budget, seeds, camvid,
+    camvid_train, out, segmentation split); creates ``--out``."""
     budget = _budget(args)
     if args.num_steps is not None:
         if args.num_steps < 1:
@@ -118,14 +123,34 @@ def run_ablation_table(args: argparse.Namespace) -> dict[str, Any]:
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     seg_split = "test" if os.path.isdir(os.path.join(camvid, "test", "images")) else "val"
-    command = ["-m", "detcon_jax.reproduce", "--table=ablation", f"--camvid={args.camvid}",
-               f"--out={args.out}", f"--budget={args.budget}", f"--seeds={args.seeds}",
-               f"--ablation_masks={args.ablation_masks}"] + (
-        [f"--num_steps={args.num_steps}"] if args.num_steps else [])
+    return budget, seeds, camvid, camvid_train, out, seg_split
+
+
+def _table_command(args: argparse.Namespace, *extra: str) -> list[str]:
+    return ["-m", "detcon_jax.reproduce", f"--table={args.table}", f"--camvid={args.camvid}",
+            *extra, f"--out={args.out}", f"--budget={args.budget}", f"--seeds={args.seeds}"
+            ] + ([f"--num_steps={args.num_steps}"] if args.num_steps else [])
+
+
+def run_ablation_table(args: argparse.Namespace) -> dict[str, Any]:
+    """``--table=ablation`` for parsed ``args``; returns what ``OUT/ablation.json`` holds."""
+    budget, seeds, camvid, camvid_train, out, seg_split = _seeded_table(args)
+    command = _table_command(args, f"--ablation_masks={args.ablation_masks}")
     return run_ablation(budget, camvid=camvid, camvid_train=camvid_train, out=out,
                         seeds=seeds, probe_seed=args.seed, segmentation_split=seg_split,
                         command=command, masks_sources=[
                             m.strip() for m in args.ablation_masks.split(",") if m.strip()])
+
+
+def run_learned_table(args: argparse.Namespace) -> dict[str, Any]:
+    """``--table=learned`` for parsed ``args``; returns what ``OUT/learned.json`` holds."""
+    if not args.cifar10:
+        raise ReproduceError("--cifar10 is required for --table=learned")
+    budget, seeds, camvid, camvid_train, out, seg_split = _seeded_table(args)
+    cifar_dir, _ = cifar_subset(os.path.abspath(args.cifar10), budget, out)
+    return run_learned(budget, camvid=camvid, camvid_train=camvid_train, cifar_dir=cifar_dir,
+                       out=out, seeds=seeds, probe_seed=args.seed, segmentation_split=seg_split,
+                       command=_table_command(args, f"--cifar10={args.cifar10}"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -269,7 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths.check_reachable(args.out, what="--out", writable=True)
             raise ReproduceError(f"--out={args.out}: reproduce writes its report to a local "
                                  "folder; give a local --out (the workdirs are small)")
-        run_ablation_table(args) if args.table == "ablation" else run(args)
+        tables = {"ablation": run_ablation_table, "learned": run_learned_table}
+        tables.get(args.table, run)(args)
     except (ReproduceError, FileNotFoundError, paths.UnreachablePathError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         return 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -39,3 +41,19 @@ def write_json(path: str, value: Any) -> None:
         json.dump(value, f, indent=2, default=str)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """``values``, their ``mean`` and sample standard deviation ``std`` (None for one value):
+    a table cell over pretraining seeds."""
+    return {"values": list(values), "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None}
+
+
+def write_table(out: str, name: str, results: dict[str, Any], markdown: str) -> None:
+    """Writes a table's ``OUT/NAME.json`` and ``OUT/NAME.md`` and logs where."""
+    write_json(os.path.join(out, f"{name}.json"), results)
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write(markdown)
+    log(f"{name} table done in {duration(results['wall_time_s'])}: "
+        f"{os.path.join(out, f'{name}.md')}")
