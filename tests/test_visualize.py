@@ -135,7 +135,7 @@ def _learned_smoke_config():
     return config
 
 
-@pytest.mark.slow  # ~15 s: trains, saves and restores a state
+@pytest.mark.slow  # ~15 s on 2 cores (a state saved and restored, clustered twice)
 def test_learned_masks_drawn_from_a_checkpoint_are_the_steps_clusters(tmp_path):
     import functools
 
