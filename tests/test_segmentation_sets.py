@@ -80,13 +80,23 @@ def test_voc_train_aug_scale_jitter_crops(voc):
     assert set(np.unique(batch["label"])) <= {0, 1, 15, 20, 255}
 
 
+def write_cityscapes(root, images_per_split, label_ids):
+    """A Cityscapes tree (``leftImg8bit`` + ``gtFine`` labelIds) under ``root``: split ->
+    number of images, each image of ``label_ids``' size with those labelIds (image k of a
+    split rolled by k pixels, so that images differ)."""
+    h, w = label_ids.shape
+    for split, count in images_per_split.items():
+        for k in range(count):
+            stem = f"zurich_00000{k}_00001{len(split)}"
+            _image(root / "leftImg8bit" / split / "zurich" / f"{stem}_leftImg8bit.png", h, w)
+            _label(root / "gtFine" / split / "zurich" / f"{stem}_gtFine_labelIds.png",
+                   np.roll(label_ids, k, axis=1))
+    return root
+
+
 def test_cityscapes_label_ids_become_train_ids(tmp_path):
     label_ids = _ids(16, 32, [0, 7, 26, 33, 4])
-    for split in ("train", "val"):
-        stem = f"zurich_000000_00001{len(split)}"
-        _image(tmp_path / "leftImg8bit" / split / "zurich" / f"{stem}_leftImg8bit.png", 16, 32)
-        _label(tmp_path / "gtFine" / split / "zurich" / f"{stem}_gtFine_labelIds.png",
-               label_ids)
+    write_cityscapes(tmp_path, {"train": 1, "val": 1}, label_ids)
     city = segmentation_sets.CITYSCAPES
     ds = data.make_segmentation_dataset(tmp_path, layout="cityscapes", split=city.test_split,
                                         batch_size=1, stats=data.PipelineStats(), crop="pad",

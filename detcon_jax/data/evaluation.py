@@ -230,8 +230,9 @@ def make_segmentation_dataset(
                              f"segmentation {layout} {data_dir} {split}")
         paths, label_paths = zip(*pairs, strict=True)
         ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths)))
-        ds = ds.map(lambda p, q: sources.example(
-            tf.io.read_file(p), decode.decode_label_png(tf.io.read_file(q), q), -1, p))
+        read = sources.file_reader(data_dir)
+        ds = ds.map(lambda p, q: sources.example(read(p), decode.decode_label_png(read(q), q),
+                                                 -1, p))
     ds = framing.filter_valid(ds, stats)
     ds = _finish_eval(ds, train, shuffle_buffer, seed)
     table = segmentation_sets.label_lookup(label_map)

@@ -187,13 +187,14 @@ def _resolve_splits(args: argparse.Namespace) -> str:
         if args.test_split is None:
             raise common.UsageError(f"--layout={args.layout} needs --test_split")
         return args.test_split
-    if not os.path.isdir(args.data):
+    root = paths.check_reachable(args.data, what="--data")
+    if not root.is_dir():
         raise common.UsageError(f"--data={args.data}: directory does not exist")
     test = args.test_split
     if test is None:
-        test = "test" if os.path.isdir(os.path.join(args.data, "test", "images")) else "val"
+        test = "test" if (root / "test" / "images").is_dir() else "val"
     for split in (args.train_split, test):
-        if not os.path.isdir(os.path.join(args.data, split, "images")):
+        if not (root / split / "images").is_dir():
             raise common.UsageError(f"--data={args.data}: no {split}/images folder")
     return test
 
