@@ -18,6 +18,9 @@ INSTALL_REQUIRES = [
     "tensorflow-cpu==2.21.0",
     "tensorboard==2.21.0",
     "tensorflow-datasets==4.9.10",
+    # TFDS 4.9.10 imports it to prepare any data set (download_and_prepare, `tfds build`)
+    # but declares it for Python < 3.9 only.
+    "importlib-resources==7.1.0",
     "ml-collections==1.1.0",
     "scikit-image==0.26.0",
     "dm-pix==0.4.5",

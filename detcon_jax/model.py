@@ -31,6 +31,9 @@ RESNET_DEPTHS: dict[int, tuple[tuple[int, int, int, int], bool]] = {
     200: ((3, 24, 36, 3), True),
 }
 BASIC_CHANNELS = (64, 128, 256, 512)
+GROUP_STRIDES = (1, 2, 2, 2)
+# Total strides `ResNet.output_stride` can give (32: the standard net).
+OUTPUT_STRIDES = (8, 16, 32)
 BOTTLENECK_CHANNELS = (256, 512, 1024, 2048)
 
 # The official `TinyResNet` (for local runs and tests): pass as keyword overrides to ResNet.
@@ -149,6 +152,8 @@ class BlockV1(nn.Module):
 
     Bottleneck: 1x1 -> 3x3(stride) -> 1x1(x4 channels), last BatchNorm scale initialised to
     zero. Basic: 3x3(stride) -> 3x3, BatchNorm scales initialised to one (as Haiku).
+    ``dilation``: atrous rate of the 3x3 convolutions (1x1 convolutions have none); the
+    parameters do not depend on it.
     """
 
     channels: int
@@ -159,10 +164,13 @@ class BlockV1(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
     num_views: int = 1
+    dilation: int = 1
 
     def _conv(self, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+        dilation = self.dilation if kernel > 1 else 1
         return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                       use_bias=False, kernel_init=haiku_default_init, dtype=self.dtype,
+                       kernel_dilation=(dilation, dilation), use_bias=False,
+                       kernel_init=haiku_default_init, dtype=self.dtype,
                        param_dtype=jnp.float32, name=name)
 
     def _bn(self, name: str, scale_init: Initializer = nn.initializers.ones) -> BatchNorm:
@@ -194,7 +202,11 @@ class BlockV1(nn.Module):
 
 
 class BlockGroup(nn.Module):
-    """A group of ResNet blocks; the first one strides and (optionally) projects."""
+    """A group of ResNet blocks; the first one strides and (optionally) projects.
+
+    ``dilation``: atrous rate of every block's 3x3 convolutions (all blocks alike, as the
+    dilated ``res5`` of detectron2 / MoCo's FCN-16s).
+    """
 
     channels: int
     num_blocks: int
@@ -205,6 +217,7 @@ class BlockGroup(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
     num_views: int = 1
+    dilation: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -213,7 +226,8 @@ class BlockGroup(nn.Module):
                         use_projection=self.use_projection and i == 0,
                         bottleneck=self.bottleneck, bn_decay=self.bn_decay,
                         bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-                        num_views=self.num_views, name=f"block_{i}")(x, train)
+                        num_views=self.num_views, dilation=self.dilation,
+                        name=f"block_{i}")(x, train)
         return x
 
 
@@ -227,6 +241,12 @@ class ResNet(nn.Module):
     ``blocks_per_group``, ``channels_per_group`` and ``bottleneck`` override the preset of
     ``depth`` (see ``TINY_RESNET``). Parameters are float32; ``dtype`` is the compute dtype.
     ``num_views``: see ``BatchNorm`` (the parameters do not depend on it).
+
+    ``output_stride`` (32, 16 or 8): total stride of the feature map. Below 32, the last
+    groups keep stride 1 and dilate their 3x3 convolutions by the stride they drop (16: the
+    last group at dilation 2, the "dilated conv5" of the dense-transfer protocols; 8: the
+    last two at dilations 2 and 4). The parameters do not depend on it, so weights trained
+    at stride 32 load unchanged.
     """
 
     depth: int = 50
@@ -239,6 +259,20 @@ class ResNet(nn.Module):
     bottleneck: bool | None = None
     use_projection: tuple[bool, ...] | None = None
     num_views: int = 1
+    output_stride: int = 32
+
+    def group_strides(self) -> tuple[tuple[int, int], ...]:
+        """``(stride, dilation)`` of each block group for ``output_stride``."""
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"ResNet output_stride must be one of {OUTPUT_STRIDES}, "
+                             f"got {self.output_stride!r}")
+        current, dilation, out = 4, 1, []  # the stem conv and max-pool stride by 4
+        for stride in GROUP_STRIDES:
+            if current * stride > self.output_stride:
+                dilation, stride = dilation * stride, 1
+            current *= stride
+            out.append((stride, dilation))
+        return tuple(out)
 
     def structure(self) -> tuple[tuple[int, ...], tuple[int, ...], bool, tuple[bool, ...]]:
         """(blocks_per_group, channels_per_group before width, bottleneck, use_projection)."""
@@ -262,8 +296,10 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        """Normalised images ``[B, H, W, 3]`` -> feature map ``[B, ceil(H/32), ceil(W/32), C]``."""
+        """Normalised images ``[B, H, W, 3]`` -> feature map ``[B, ceil(H/s), ceil(W/s), C]``
+        with ``s = output_stride``."""
         blocks, channels, bottleneck, projection = self.structure()
+        strides = self.group_strides()
         x = x.astype(self.dtype)
         x = nn.Conv(64 * self.width_multiplier, (7, 7), strides=(2, 2), padding="SAME",
                     use_bias=False, kernel_init=haiku_default_init, dtype=self.dtype,
@@ -272,12 +308,13 @@ class ResNet(nn.Module):
                       num_views=self.num_views, name="initial_batchnorm")(x, train)
         x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-        for i, stride in enumerate((1, 2, 2, 2)):
+        for i, (stride, dilation) in enumerate(strides):
             x = BlockGroup(channels=channels[i] * self.width_multiplier,
                            num_blocks=blocks[i], stride=stride, use_projection=projection[i],
                            bottleneck=bottleneck, bn_decay=self.bn_momentum,
                            bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-                           num_views=self.num_views, name=f"block_group_{i}")(x, train)
+                           num_views=self.num_views, dilation=dilation,
+                           name=f"block_group_{i}")(x, train)
         return x
 
 

@@ -65,18 +65,26 @@ def test_eight_devices_equal_one_device(subsets, one_device, tmp_path):
 @pytest.mark.multiprocess
 def test_two_processes_equal_one_process(subsets, one_device, tmp_path):
     """Each process extracts its shard of the images into the shared cache; both read all
-    rows back in the images' order. (A fine-tune is not compared: each host shuffles its
-    own shard of the training images, so the global batches differ from one process's.)"""
+    rows back in the images' order. The fine-tune reads one global training order (each
+    process its rows of every global batch): the same batches as one process's."""
     port = free_port()
-    runs = [_driver(subsets, tmp_path, "--distributed", env=subprocess_env(
+    runs = [_driver(subsets, tmp_path, "--distributed", "--finetune", env=subprocess_env(
         1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", DETCON_NUM_PROCESSES="2",
         DETCON_PROCESS_ID=str(i))) for i in range(2)]
     logs = [run.communicate(timeout=900)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [log[-3000:] for log in logs]
-    got = _results(tmp_path)
+    got = _results(tmp_path, ("knn", "probe", "finetune"))
     assert got["knn"]["num_train"] == one_device["knn"]["num_train"]
     assert got["knn"]["top1"] == one_device["knn"]["top1"]
     assert got["probe"]["confusion_matrix"] == one_device["probe"]["confusion_matrix"]
+    # The global batch of 8 is split 4 + 4 over the processes: the same images and crops,
+    # so the same losses up to float32 reduction order (as 8 devices vs 1 above).
+    want, have = one_device["finetune"]["losses"], got["finetune"]["losses"]
+    assert len(have) == len(want) == 3
+    for a, b in zip(have, want, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert got["finetune"]["miou"] == one_device["finetune"]["miou"]
+    assert got["finetune"]["confusion_matrix"] == one_device["finetune"]["confusion_matrix"]
 
 
 @pytest.mark.slow  # 22,000 generated images through a small ResNet

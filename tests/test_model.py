@@ -449,3 +449,98 @@ def test_interleave_and_split_views_round_trip():
     np.testing.assert_array_equal(model.split_views(both, 2)[1], b)
     with pytest.raises(ValueError, match="num_views=2"):
         model.BatchNorm(num_views=2).init(jax.random.key(0), jnp.ones((3, 4)), train=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output stride 16 / 8 (dilated last groups) for the dense-transfer protocols.
+
+
+def _random_resnet_variables(net, x, seed):
+    """Variables of ``net`` with random non-degenerate parameters and the init batch's
+    statistics (so that the eval-mode BatchNorms are not identities)."""
+    variables = net.init(jax.random.key(seed), x, train=True)
+    rng = np.random.default_rng(seed)
+
+    def randomise(path, value):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(value.shape[:-1]))
+            return jnp.asarray(rng.standard_normal(value.shape) * np.sqrt(2.0 / fan_in),
+                               jnp.float32)
+        if name == "scale":
+            return jnp.asarray(rng.uniform(0.5, 1.5, value.shape), jnp.float32)
+        return jnp.asarray(rng.standard_normal(value.shape) * 0.1, jnp.float32)
+
+    params = jax.tree_util.tree_map_with_path(randomise, variables["params"])
+    return {"params": params, "batch_stats": variables["batch_stats"]}
+
+
+def _reference_block(x, params, stats, dilation):
+    """A ResNet v1 block in eval mode, by hand: every 3x3 convolution at stride 1 with
+    ``rhs_dilation`` and its SAME padding (``dilation`` on each side) written out."""
+
+    def conv(x, kernel):
+        k = kernel.shape[0]
+        rate = dilation if k == 3 else 1
+        pad = rate * (k - 1) // 2
+        return jax.lax.conv_general_dilated(
+            x, kernel, window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
+            rhs_dilation=(rate, rate), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=jax.lax.Precision.HIGHEST)
+
+    def bn(x, name):
+        scale = params[name]["scale"] / jnp.sqrt(stats[name]["var"] + 1e-5)
+        return (x - stats[name]["mean"]) * scale + params[name]["bias"]
+
+    shortcut = x
+    if "shortcut_conv" in params:
+        shortcut = bn(conv(x, params["shortcut_conv"]["kernel"]), "shortcut_batchnorm")
+    out, n = x, sum(1 for name in params if name.startswith("conv_"))
+    for i in range(n):
+        out = bn(conv(out, params[f"conv_{i}"]["kernel"]), f"batchnorm_{i}")
+        if i < n - 1:
+            out = jax.nn.relu(out)
+    return jax.nn.relu(out + shortcut)
+
+
+@pytest.mark.parametrize("bottleneck", [False, True])
+def test_output_stride_16_dilates_the_last_group(bottleneck):
+    """Stride-16 net = the stride-32 net's first three groups, then the last group computed
+    by hand with dilation-2, stride-1 3x3 convolutions; same variables, unchanged tree."""
+    kwargs = {**model.TINY_RESNET, "bottleneck": bottleneck}
+    plain = model.ResNet(depth=18, **kwargs)
+    dilated = model.ResNet(depth=18, output_stride=16, **kwargs)
+    x = jax.random.normal(jax.random.key(1), (2, 96, 96, 3))
+    variables = _random_resnet_variables(plain, x, seed=3)
+    # The parameter tree does not depend on the stride: stride-32 weights load unchanged.
+    assert _shapes(jax.eval_shape(lambda: dilated.init(jax.random.key(0), x, train=True))
+                   ) == _shapes(variables)
+
+    got = dilated.apply(variables, x, train=False)
+    assert got.shape == (2, 96 // 16, 96 // 16, 8)
+    assert plain.apply(variables, x, train=False).shape == (2, 3, 3, 8)
+    _, inter = plain.apply(variables, x, train=False,
+                           capture_intermediates=lambda m, _: m.name == "block_group_2")
+    want = inter["intermediates"]["block_group_2"]["__call__"][0]
+    assert want.shape == (2, 6, 6, 8)
+    group = "block_group_3"
+    for i in range(kwargs["blocks_per_group"][3]):
+        want = _reference_block(want, variables["params"][group][f"block_{i}"],
+                                variables["batch_stats"][group][f"block_{i}"], dilation=2)
+    # Sums of 3 x 3 x 8 = 72 terms; 3 chained convolutions (2 + shortcut) and the stem's
+    # 7 x 7 x 3 convolution upstream are shared by both sides.
+    assert_f32_close(got, want, f32_tolerance(72, depth=3))
+
+
+def test_output_stride_8_and_validation():
+    net = model.ResNet(depth=18, output_stride=8, **model.TINY_RESNET)
+    assert net.group_strides() == ((1, 1), (2, 1), (1, 2), (1, 4))
+    assert model.ResNet(output_stride=16).group_strides() == ((1, 1), (2, 1), (2, 1), (1, 2))
+    assert model.ResNet().group_strides() == ((1, 1), (2, 1), (2, 1), (2, 1))
+    x = jax.ShapeDtypeStruct((1, 96, 96, 3), jnp.float32)
+    out = jax.eval_shape(lambda x: net.init_with_output(jax.random.key(0), x, train=False)[0],
+                         x)
+    assert out.shape == (1, 12, 12, 8)
+    with pytest.raises(ValueError, match="output_stride"):
+        model.ResNet(output_stride=4).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                           train=False)

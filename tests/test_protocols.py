@@ -39,7 +39,8 @@ def test_voc_protocol_counts_every_native_label_pixel(voc, tmp_path):  # noqa: F
     assert code == 0
     result = json.loads(out.read_text())
     assert (result["protocol"], result["schedule"], result["head_dilation"],
-            result["train_split"], result["test_split"]) == ("voc", "step", 6, "train_aug", "val")
+            result["output_stride"], result["train_split"], result["test_split"]
+            ) == ("voc", "step", 6, 16, "train_aug", "val")
     assert len(result["per_class_iou"]) == 21 and "aeroplane" in result["per_class_iou"]
     confusion = np.asarray(result["confusion_matrix"])
     # val = c, b at their own sizes (30x40, 36x44): ground-truth rows are their pixel counts.
@@ -50,6 +51,12 @@ def test_voc_protocol_counts_every_native_label_pixel(voc, tmp_path):  # noqa: F
 
 def test_explicit_flags_win_over_the_protocol(voc, tmp_path, capsys):  # noqa: F811
     root, _ = voc
+    parser = segmentation._parser()
+    parser.set_defaults(**protocols.protocol_defaults("cityscapes"))
+    args = parser.parse_args(["--checkpoint=random:tiny", f"--data={root}"])
+    assert args.output_stride == 16
+    assert parser.parse_args(["--checkpoint=random:tiny", f"--data={root}",
+                              "--output_stride=32"]).output_stride == 32
     assert segmentation.main(["--protocol=voc", "--mode=probe", "--checkpoint=random:tiny",
                               f"--data={root}"]) == 2
     assert "--protocol=voc" in capsys.readouterr().err
@@ -78,3 +85,18 @@ def test_tfds_layout_needs_an_explicit_frame(capsys):
                               "--test_split=val", "--checkpoint=random:tiny",
                               "--data=/nonexistent"]) == 2
     assert "--eval_frame" in capsys.readouterr().err
+
+
+def test_backbone_at_output_stride_16_keeps_its_variables():
+    from detcon_jax.evaluate import features
+
+    backbone, _ = features.load_backbone("random:tiny")
+    dilated = backbone.with_output_stride(16)
+    assert dilated.variables is backbone.variables and dilated.info["output_stride"] == 16
+    assert backbone.with_output_stride(32) is backbone
+    images = np.zeros((1, 96, 96, 3), np.float32)
+    assert backbone(images).shape == (1, 3, 3, 8) and dilated(images).shape == (1, 6, 6, 8)
+    # Feature caches tell the two apart.
+    assert dilated.fingerprint != backbone.fingerprint
+    with pytest.raises(ValueError, match="output_stride"):
+        backbone.with_output_stride(12)

@@ -26,6 +26,7 @@ from gcs_emulator import CLOSED
 from detcon_jax import checkpoint, convert, export, fh_masks, interop, metrics, paths
 from detcon_jax.config import ConfigError
 from detcon_jax.evaluate import features, knn
+from tests.test_segmentation_sets import voc  # noqa: F401  (the tiny VOC tree fixture)
 
 PER_CLASS = 2
 
@@ -368,3 +369,68 @@ def test_an_unreachable_endpoint_is_one_line_and_exit_2(gcs, tmp_path):
     assert line.startswith(f"error: --output=gs://{gcs.bucket}/run: cannot write to "
                            f"gs://{gcs.bucket}/run (ClientConnectorError"), line
     assert os.listdir(tmp_path) == []
+
+
+def _upload(local_root, uri: str) -> str:
+    for path in sorted(local_root.rglob("*")):
+        if path.is_file():
+            epath.Path(uri).joinpath(*path.relative_to(local_root).parts).write_bytes(
+                path.read_bytes())
+    return uri
+
+
+def _camvid_like(root):
+    """``SPLIT/{images,labels}`` (the CamVid folder layout), ids 0..2 and the void id 3."""
+    from tests.test_segmentation_sets import _ids, _image, _label
+
+    labels = {}
+    for split in ("train", "test"):
+        for k in range(2):
+            _image(root / split / "images" / f"{split}{k}.png", 32, 32)
+            labels[split, k] = _ids(32, 32, [0, 1, 2, 3])
+            _label(root / split / "labels" / f"{split}{k}.png", labels[split, k])
+    return root, labels
+
+
+def test_segmentation_layouts_read_from_a_bucket(bucket_dir, voc, tmp_path):  # noqa: F811
+    """VOC, Cityscapes and the CamVid folder layout listed and read from ``gs://``: the same
+    files in the same order and the same batches as from the local copy; the CamVid probe
+    CLI scores every label pixel of its bucket copy."""
+    from detcon_jax import data
+    from detcon_jax.data import segmentation_sets
+    from detcon_jax.evaluate import segmentation
+    from tests.test_segmentation_sets import _ids, write_cityscapes
+
+    voc_root, _ = voc
+    city_root = write_cityscapes(tmp_path / "cityscapes", {"val": 2},
+                                 _ids(16, 32, [0, 7, 26, 33]))
+    camvid_root, camvid_labels = _camvid_like(tmp_path / "camvid")
+    city = segmentation_sets.CITYSCAPES
+    cases = [("voc", voc_root, "val", {"eval_frame": (48, 48)}),
+             ("cityscapes", city_root, "val", {"eval_frame": (16, 32),
+                                               "label_map": city.label_map}),
+             ("folder", camvid_root, "test", {"eval_frame": (32, 32)})]
+    for layout, root, split, kwargs in cases:
+        uri = _upload(root, f"{bucket_dir}/{layout}")
+        local = segmentation_sets.segmentation_files(layout, root, split)
+        remote = segmentation_sets.segmentation_files(layout, uri, split)
+        assert remote == tuple([p.replace(str(root), uri) for p in files] for files in local)
+
+        def batches(where, layout=layout, split=split, kwargs=kwargs):
+            return list(data.make_segmentation_dataset(
+                where, layout=layout, split=split, batch_size=2, crop="pad",
+                stats=data.PipelineStats(), **kwargs).as_numpy_iterator())
+
+        for got, want in zip(batches(uri), batches(root), strict=True):
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{layout} {key}")
+
+    out = tmp_path / "probe.json"
+    assert segmentation.main(["--mode=probe", "--checkpoint=random:tiny",
+                              f"--data={bucket_dir}/folder", "--num_classes=3",
+                              "--void_ids=3", "--image_size=32", "--batch_size=2",
+                              "--epochs=1", f"--output={out}"]) == 0
+    result = json.loads(out.read_text())
+    truth = np.concatenate([camvid_labels["test", k].ravel() for k in range(2)])
+    np.testing.assert_array_equal(np.asarray(result["confusion_matrix"]).sum(axis=1),
+                                  np.bincount(truth[truth != 3], minlength=3))

@@ -80,13 +80,23 @@ def test_voc_train_aug_scale_jitter_crops(voc):
     assert set(np.unique(batch["label"])) <= {0, 1, 15, 20, 255}
 
 
+def write_cityscapes(root, images_per_split, label_ids):
+    """A Cityscapes tree (``leftImg8bit`` + ``gtFine`` labelIds) under ``root``: split ->
+    number of images, each image of ``label_ids``' size with those labelIds (image k of a
+    split rolled by k pixels, so that images differ)."""
+    h, w = label_ids.shape
+    for split, count in images_per_split.items():
+        for k in range(count):
+            stem = f"zurich_00000{k}_00001{len(split)}"
+            _image(root / "leftImg8bit" / split / "zurich" / f"{stem}_leftImg8bit.png", h, w)
+            _label(root / "gtFine" / split / "zurich" / f"{stem}_gtFine_labelIds.png",
+                   np.roll(label_ids, k, axis=1))
+    return root
+
+
 def test_cityscapes_label_ids_become_train_ids(tmp_path):
     label_ids = _ids(16, 32, [0, 7, 26, 33, 4])
-    for split in ("train", "val"):
-        stem = f"zurich_000000_00001{len(split)}"
-        _image(tmp_path / "leftImg8bit" / split / "zurich" / f"{stem}_leftImg8bit.png", 16, 32)
-        _label(tmp_path / "gtFine" / split / "zurich" / f"{stem}_gtFine_labelIds.png",
-               label_ids)
+    write_cityscapes(tmp_path, {"train": 1, "val": 1}, label_ids)
     city = segmentation_sets.CITYSCAPES
     ds = data.make_segmentation_dataset(tmp_path, layout="cityscapes", split=city.test_split,
                                         batch_size=1, stats=data.PipelineStats(), crop="pad",
@@ -114,3 +124,46 @@ def test_pad_frame_smaller_than_the_image_is_an_error(voc):
                                         eval_frame=(32, 32))
     with pytest.raises(Exception, match="(?s)evaluation frame.*c.jpg"):
         next(ds.as_numpy_iterator())
+
+
+def test_global_train_order_is_the_same_for_any_process_count():
+    from detcon_jax.data import evaluation, sources
+
+    def rows(index, count, batch, n=24, seed=7):
+        order = evaluation.global_train_order(3, local_batch=batch, seed=seed,
+                                              shard=sources.Shard(index, count))
+        return np.asarray(list(order.take(n).as_numpy_iterator()))
+
+    one = rows(0, 1, 4)
+    two = [rows(i, 2, 2, 12) for i in range(2)]
+    # Process p holds rows [2p, 2p + 2) of every global batch of 4.
+    stacked = np.concatenate([two[0].reshape(-1, 2, 2), two[1].reshape(-1, 2, 2)], axis=1)
+    np.testing.assert_array_equal(stacked.reshape(-1, 2), one)
+    np.testing.assert_array_equal(one[:, 1], np.arange(24))  # stream positions
+    epochs = one[:, 0].reshape(-1, 3)
+    assert all(sorted(e) == [0, 1, 2] for e in epochs)  # each epoch a permutation
+    assert len({tuple(e) for e in epochs}) > 1  # reshuffled per epoch
+    assert not np.array_equal(rows(0, 1, 4, seed=8)[:, 0], one[:, 0])  # keyed by the seed
+
+
+def test_training_batches_are_one_global_order_for_any_process_count(voc):
+    """Two processes' rows of each global batch, stacked in process order, are one process's
+    batch: the same images with the same scale-jitter crops (2 images, batch 4: every batch
+    spans two epochs)."""
+    root, _ = voc
+
+    def stream(index, count, batch):
+        ds = data.make_segmentation_dataset(
+            root, layout="voc", split="train_aug", batch_size=batch,
+            stats=data.PipelineStats(), train=True, crop="jitter", image_size=32, seed=5,
+            process_index=index, process_count=count)
+        return list(ds.take(2).as_numpy_iterator())
+
+    one = stream(0, 1, 4)
+    two = [stream(i, 2, 2) for i in range(2)]
+    for step, batch in enumerate(one):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(
+                batch[key], np.concatenate([two[0][step][key], two[1][step][key]]),
+                err_msg=f"step {step} {key}")
+    assert not np.array_equal(one[0]["image"][0], one[0]["image"][1])

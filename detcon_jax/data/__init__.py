@@ -20,7 +20,12 @@ Modules, in import order (each imports only those above it):
 
 from detcon_jax.data import segmentation_sets, sources
 from detcon_jax.data.decode import decode_id_png, decode_image, decode_label_png, image_shape
-from detcon_jax.data.evaluation import make_eval_dataset, make_segmentation_dataset, pad_batch
+from detcon_jax.data.evaluation import (
+    global_train_order,
+    make_eval_dataset,
+    make_segmentation_dataset,
+    pad_batch,
+)
 from detcon_jax.data.framing import PipelineStats, is_valid_encoded_image, num_skipped
 from detcon_jax.data.geometry import (
     center_crop_window,
@@ -66,6 +71,7 @@ __all__ = [
     "decode_label_png",
     "felzenszwalb_numpy",
     "felzenszwalb_tf",
+    "global_train_order",
     "grid_mask",
     "image_shape",
     "is_valid_encoded_image",

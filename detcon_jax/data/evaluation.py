@@ -63,6 +63,33 @@ def _finish_eval(ds, train, shuffle_buffer, seed):
     return tf.data.Dataset.zip((ds, seeds.batch(2)))
 
 
+def global_train_order(count: int, *, local_batch: int, shard: sources.Shard,
+                       seed: int) -> tf.data.Dataset:
+    """This host's rows of an endless training stream that is the same for any number of
+    processes: ``(item index, stream position)`` int64 pairs.
+
+    Epoch ``e`` is a permutation of the ``count`` items keyed by ``(seed, e)``; the epochs
+    follow each other, global batch ``g`` is stream positions ``[g B, (g + 1) B)`` with
+    ``B = local_batch * shard.count``, and process ``p`` takes its rows ``[p b, (p + 1) b)``
+    (``b = local_batch``), the rows `sharding.global_batch` gives its devices. Each host still
+    reads and decodes only its own rows.
+    """
+    if count < 1:
+        raise ValueError("global_train_order: no items")
+    start = shard.index * local_batch
+
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    stream = tf.data.Dataset.zip(tf.data.Dataset.range(1 << 62).flat_map(epoch),
+                                 tf.data.Dataset.range(1 << 62))
+    return (stream.batch(local_batch * shard.count, drop_remainder=True)
+            .map(lambda i, pos: (i[start:start + local_batch], pos[start:start + local_batch]))
+            .unbatch())
+
+
 def _batch(ds, batch_size, train, deterministic):
     if train:
         ds = ds.batch(batch_size, drop_remainder=True)
@@ -207,6 +234,11 @@ def make_segmentation_dataset(
         ``cityscapes`` or ``tfds`` (``tfds_name``, e.g. ``cityscapes/semantic_segmentation``).
       max_images: keep the first N images of the split (file order; TFDS: of this host's
         shard).
+      train: for the folder layouts, the stream of `global_train_order` (``shuffle_buffer``
+        unused): every global batch, and each image's augmentation, are the same for any
+        ``process_count`` (``batch_size`` is this host's share; a corrupt image, dropped and
+        counted in ``stats``, shifts only its own host's rows). TFDS: each host shuffles its
+        own ``tfds.even_splits`` part.
       Other arguments as in `make_eval_dataset`.
 
     Returns:
@@ -226,14 +258,34 @@ def make_segmentation_dataset(
         images, labels = segmentation_sets.segmentation_files(layout, data_dir, split)
         keep = subset_indices(None, len(images), max_images=max_images)
         images, labels = [images[i] for i in keep], [labels[i] for i in keep]
-        pairs = shard.select(list(zip(images, labels, strict=True)),
-                             f"segmentation {layout} {data_dir} {split}")
-        paths, label_paths = zip(*pairs, strict=True)
-        ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths)))
-        ds = ds.map(lambda p, q: sources.example(
-            tf.io.read_file(p), decode.decode_label_png(tf.io.read_file(q), q), -1, p))
+        read = sources.file_reader(data_dir)
+
+        def load(p, q):
+            return sources.example(read(p), decode.decode_label_png(read(q), q), -1, p)
+
+        if train:
+            # One global order (see `global_train_order`): a run's global batches, and each
+            # image's augmentation (keyed by its stream position), do not depend on the
+            # number of processes.
+            files = tf.constant(images), tf.constant(labels)
+            seed = seed or 0
+
+            def load_row(i, position):
+                ex = load(tf.gather(files[0], i), tf.gather(files[1], i))
+                return {**ex, "seed": tf.stack([tf.constant(seed, tf.int64), position])}
+
+            ds = global_train_order(len(images), local_batch=batch_size, shard=shard,
+                                    seed=seed).map(load_row)
+        else:
+            pairs = shard.select(list(zip(images, labels, strict=True)),
+                                 f"segmentation {layout} {data_dir} {split}")
+            paths, label_paths = zip(*pairs, strict=True)
+            ds = tf.data.Dataset.from_tensor_slices((list(paths), list(label_paths))).map(load)
     ds = framing.filter_valid(ds, stats)
-    ds = _finish_eval(ds, train, shuffle_buffer, seed)
+    if train and layout != "tfds":
+        ds = ds.map(lambda ex: ({k: v for k, v in ex.items() if k != "seed"}, ex["seed"]))
+    else:
+        ds = _finish_eval(ds, train, shuffle_buffer, seed)
     table = segmentation_sets.label_lookup(label_map)
     table = np.arange(256, dtype=np.uint8) if table is None else table.copy()
     table[[v for v in void_ids if 0 <= v < 256]] = ignore_label

@@ -106,6 +106,15 @@ class Backbone:
         features = self.module.apply(variables, x, train=False)
         return features.astype(jnp.float32), variables["batch_stats"]
 
+    def with_output_stride(self, output_stride: int) -> Backbone:
+        """This backbone with its ResNet at ``output_stride`` (same variables: see
+        `model.ResNet`); ``self`` when it already is."""
+        if output_stride == self.module.output_stride:
+            return self
+        module = self.module.clone(output_stride=output_stride)
+        module.group_strides()  # validates output_stride
+        return Backbone(module, self.variables, {**self.info, "output_stride": output_stride})
+
     @functools.cached_property
     def _eval_fn(self) -> Callable[[Variables, jax.Array], jax.Array]:
         return jax.jit(lambda v, x: self.apply(v, x, train=False)[0])
@@ -123,8 +132,10 @@ class Backbone:
     @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 of the structure and every variable: the backbone's identity in caches."""
-        digest = hashlib.sha256(json.dumps(self.module.structure(), sort_keys=True,
-                                           default=str).encode())
+        structure: Any = self.module.structure()
+        if self.module.output_stride != 32:  # stride-32 fingerprints stay as they were
+            structure = [structure, self.module.output_stride]
+        digest = hashlib.sha256(json.dumps(structure, sort_keys=True, default=str).encode())
         for path, leaf in jax.tree_util.tree_leaves_with_path(self.variables):
             value = np.asarray(jax.device_get(leaf))
             digest.update(f"{jax.tree_util.keystr(path)}{value.dtype}{value.shape}".encode())

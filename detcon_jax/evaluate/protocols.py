@@ -9,8 +9,6 @@ and why. A protocol only sets the defaults of the CLI: any flag given explicitly
 
 Known deviations from the cited protocol (also in the README's deviations list):
 
-* Output stride: the protocol's backbone runs conv5 with dilation 2 and stride 1 (total
-  stride 16, "FCN-16s"); our ResNet has no dilated variant, so the head sees stride 32.
 * Learning rate: BYOL sweeps 5 log-spaced values in [1e-3, 1e-1] on a held-out part of
   train_aug and does not publish the chosen one; ``learning_rate`` here is a starting point
   for that sweep, not the paper's value.
@@ -43,6 +41,7 @@ class DenseProtocol:
     weight_decay: float
     head_channels: int
     head_dilation: int
+    output_stride: int  # of the ResNet (`model.ResNet.output_stride`)
 
 
 PROTOCOLS: dict[str, DenseProtocol] = {
@@ -64,6 +63,9 @@ PROTOCOLS: dict[str, DenseProtocol] = {
         weight_decay=1e-4,  # BYOL D.4
         head_channels=256,  # BYOL D.4 / MoCo: two 3x3 convs, 256 channels, BN + ReLU
         head_dilation=6,  # BYOL D.4: dilation 6 in the two extra 3x3 convolutions
+        # MoCo appendix A (which BYOL D.4 follows): "the 3x3 convolutions in conv5 blocks
+        # have dilation 2 and stride 1 ... The total stride is 16 (FCN-16s)".
+        output_stride=16,
     ),
     "cityscapes": DenseProtocol(
         dataset="CITYSCAPES",
@@ -83,6 +85,7 @@ PROTOCOLS: dict[str, DenseProtocol] = {
         weight_decay=1e-4,  # assumed as for VOC
         head_channels=256,  # the same FCN head as VOC (DetCon: same architecture)
         head_dilation=6,
+        output_stride=16,  # the same backbone as VOC (MoCo appendix A: FCN-16s)
     ),
 }
 
@@ -114,4 +117,5 @@ def protocol_defaults(name: str) -> dict[str, Any]:
         "weight_decay": p.weight_decay,
         "head_channels": p.head_channels,
         "head_dilation": p.head_dilation,
+        "output_stride": p.output_stride,
     }

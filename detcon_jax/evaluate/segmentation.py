@@ -49,7 +49,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from detcon_jax import paths
+from detcon_jax import model, paths
 from detcon_jax.evaluate import common, protocols
 from detcon_jax.evaluate.dense import (
     CAMVID_CLASSES,
@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--head_channels", type=int, default=256, help="finetune head width")
     parser.add_argument("--head_dilation", type=int, default=1,
                         help="atrous rate of the head's 3x3 convs (protocols: 6)")
+    parser.add_argument("--output_stride", type=int, choices=model.OUTPUT_STRIDES, default=32,
+                        help="total stride of the ResNet: 16 dilates its last block group "
+                             "(protocols: 16; 32 turns that off; see model.ResNet)")
     parser.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
                         help="finetune learning-rate schedule (step: x0.1 at 70%% and 90%%)")
     parser.add_argument("--train_crop", choices=("random", "jitter"), default="random",
@@ -184,13 +187,14 @@ def _resolve_splits(args: argparse.Namespace) -> str:
         if args.test_split is None:
             raise common.UsageError(f"--layout={args.layout} needs --test_split")
         return args.test_split
-    if not os.path.isdir(args.data):
+    root = paths.check_reachable(args.data, what="--data")
+    if not root.is_dir():
         raise common.UsageError(f"--data={args.data}: directory does not exist")
     test = args.test_split
     if test is None:
-        test = "test" if os.path.isdir(os.path.join(args.data, "test", "images")) else "val"
+        test = "test" if (root / "test" / "images").is_dir() else "val"
     for split in (args.train_split, test):
-        if not os.path.isdir(os.path.join(args.data, split, "images")):
+        if not (root / split / "images").is_dir():
             raise common.UsageError(f"--data={args.data}: no {split}/images folder")
     return test
 
@@ -225,6 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         paths.check_reachable(args.predictions_png, what="--predictions_png", writable=True,
                               is_file=True)
     backbone, info = common.backbone_from_args(args)
+    backbone = backbone.with_output_stride(args.output_stride)
     local_batch = common.check_batch_size(args.batch_size)
     max_images = {args.train_split: args.train_max_images, test_split: args.test_max_images}
     counts = {split: min(_num_examples(args, dataset_info, split), max_images[split] or 1 << 62)
@@ -275,6 +280,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "num_train": num_train, "num_test": counts[test_split],
                                 "layout": args.layout, "protocol": args.protocol,
                                 "eval_crop": args.eval_crop,
+                                "output_stride": args.output_stride,
                                 "eval_frame": list(args.eval_frame) if native else None}
     gallery = None
     if args.mode == "probe":

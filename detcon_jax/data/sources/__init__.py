@@ -16,6 +16,7 @@ from detcon_jax.data.sources.base import (
     Source,
     data_dir_exists,
     example,
+    file_reader,
     list_images,
 )
 from detcon_jax.data.sources.folder import FolderSource, class_folder_files
@@ -60,6 +61,7 @@ __all__ = [
     "class_folder_files",
     "data_dir_exists",
     "example",
+    "file_reader",
     "from_config",
     "list_images",
     "source_class",

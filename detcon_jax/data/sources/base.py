@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import tensorflow as tf
 
+from detcon_jax import paths
 from detcon_jax.data import framing
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -92,6 +93,31 @@ def example(image: Any, mask: Any = None, label: Any = -1, name: Any = "") -> Ex
         mask = tf.zeros([0, 0, 1], tf.uint8)
     return {"image": image, "mask": mask, "label": tf.cast(label, tf.int32),
             "name": tf.convert_to_tensor(name, tf.string)}
+
+
+def _read_uri(path: bytes | Any) -> bytes:
+    # numpy_function hands a string over as bytes in graphs, as a 0-d object array eagerly.
+    path = path.item() if hasattr(path, "item") else path
+    return paths.as_path(path.decode()).read_bytes()
+
+
+def _read_through_epath(path: tf.Tensor) -> tf.Tensor:
+    data = tf.numpy_function(_read_uri, [path], tf.string, stateful=False)
+    data.set_shape([])
+    return data
+
+
+def file_reader(data_dir: str | os.PathLike | None) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The op reading a file's bytes inside tf.data for files under ``data_dir``.
+
+    Local files: ``tf.io.read_file``. URIs: the project's path layer (`paths.as_path`,
+    ``etils.epath``), so that every scheme and backend setting that serves the listing
+    (``EPATH_USE_TF``, gcsfs for ``gs://``, s3fs, ...) also serves the bytes; TensorFlow's
+    own reader knows ``gs://`` only, with its endpoint compiled in.
+    """
+    if data_dir is None or not paths.is_remote(data_dir):
+        return tf.io.read_file
+    return _read_through_epath
 
 
 def list_images(directory: pathlib.Path) -> list[pathlib.Path]:
