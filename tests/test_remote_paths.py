@@ -392,6 +392,7 @@ def _camvid_like(root):
     return root, labels
 
 
+@pytest.mark.slow  # ~16 s: three layouts and a probe CLI run against the emulator
 def test_segmentation_layouts_read_from_a_bucket(bucket_dir, voc, tmp_path):  # noqa: F811
     """VOC, Cityscapes and the CamVid folder layout listed and read from ``gs://``: the same
     files in the same order and the same batches as from the local copy; the CamVid probe
